@@ -1,0 +1,1 @@
+//! In-process HNSW index over note embeddings (hnsw_rs).

@@ -1,0 +1,181 @@
+//! Domain types shared by every layer: a note, its id, its embedding and the model version that
+//! produced it. Values are validated once, when they are built, so that lower layers can trust them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest note id accepted (bytes; ids are ASCII).
+pub const MAX_NOTE_ID_LEN: usize = 128;
+
+/// Why a value could not become a domain type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoteError {
+    #[error("note id must be 1-{MAX_NOTE_ID_LEN} characters of [A-Za-z0-9._:-], got {0:?}")]
+    BadId(String),
+    #[error("note has neither a title nor content")]
+    Empty,
+    #[error("embedding is empty or not finite")]
+    BadEmbedding,
+}
+
+/// A note's external id: 1-128 chars of `[A-Za-z0-9._:-]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct NoteId(String);
+
+impl NoteId {
+    pub fn parse(s: &str) -> Result<Self, NoteError> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_NOTE_ID_LEN
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NoteError::BadId(s.chars().take(MAX_NOTE_ID_LEN + 8).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NoteId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for NoteId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NoteId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for NoteId {
+    type Err = NoteError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// The text fields of a note, as the Note Compression Prompt uses them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Note {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub hashtags: Vec<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+impl Note {
+    /// A note must carry some text to be embedded.
+    pub fn validate(&self) -> Result<(), NoteError> {
+        if self.title.trim().is_empty() && self.content.trim().is_empty() {
+            Err(NoteError::Empty)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An L2-normalised embedding vector. Constructed only through [`Embedding::normalised`] or
+/// [`Embedding::from_unit`], so every value in circulation has unit norm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Embedding(Vec<f32>);
+
+impl Embedding {
+    /// Normalises `v` to unit L2 norm. Fails on an empty, zero or non-finite vector.
+    pub fn normalised(mut v: Vec<f32>) -> Result<Self, NoteError> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if v.is_empty() || !norm.is_finite() || norm == 0.0 {
+            return Err(NoteError::BadEmbedding);
+        }
+        v.iter_mut().for_each(|x| *x /= norm);
+        Ok(Self(v))
+    }
+
+    /// Wraps a vector that is already unit-norm (e.g. read back from the store), renormalising
+    /// away float drift.
+    pub fn from_unit(v: Vec<f32>) -> Result<Self, NoteError> {
+        Self::normalised(v)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<f32> {
+        self.0
+    }
+
+    /// Cosine similarity (a dot product, since both sides are unit-norm).
+    pub fn cosine(&self, other: &Embedding) -> f32 {
+        self.0.iter().zip(&other.0).map(|(a, b)| a * b).sum()
+    }
+}
+
+/// Names the checkpoint that produced an embedding, so vectors of two models never mix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ModelVersion(pub String);
+
+impl fmt::Display for ModelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn ids() {
+        assert!(NoteId::parse("abc-1.2_x:y").is_ok());
+        assert!(NoteId::parse("").is_err());
+        assert!(NoteId::parse("a b").is_err());
+        assert!(NoteId::parse("é").is_err());
+        assert!(NoteId::parse(&"a".repeat(128)).is_ok());
+        assert!(NoteId::parse(&"a".repeat(129)).is_err());
+        assert!(NoteId::parse("a/b").is_err());
+    }
+
+    #[test]
+    fn empty_note_rejected() {
+        assert_eq!(Note::default().validate(), Err(NoteError::Empty));
+        let n = Note { title: "t".into(), ..Default::default() };
+        assert!(n.validate().is_ok());
+    }
+
+    #[test]
+    fn embedding_normalises() {
+        let e = Embedding::normalised(vec![3.0, 4.0]).unwrap();
+        assert!((e.as_slice()[0] - 0.6).abs() < 1e-6);
+        assert!(Embedding::normalised(vec![0.0, 0.0]).is_err());
+        assert!(Embedding::normalised(vec![f32::NAN]).is_err());
+        assert!(Embedding::normalised(vec![]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn id_parse_accepts_exactly_the_grammar(s in "\\PC{0,140}") {
+            let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+            prop_assert_eq!(NoteId::parse(&s).is_ok(), ok);
+        }
+    }
+}

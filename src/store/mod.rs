@@ -1,0 +1,1 @@
+//! The store of record: notes, embeddings and a change sequence (sqlx; Postgres or SQLite).
