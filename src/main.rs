@@ -1,1 +1,81 @@
-fn main() {}
+//! The `notellm` binary: parses the command line and calls the library. Errors become `anyhow`
+//! here, at the edge, and a non-zero exit.
+
+use std::io::{BufWriter, IsTerminal};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use notellm::config::{Cli, Command, LogFormat, ModelArgs, ModelCommand};
+use notellm::model::init::{init_model, InitOptions};
+use notellm::model::{GenerateOptions, NoteLlm};
+use notellm::note::Note;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: bad log filter {filter:?} ({e}); using info");
+        EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<NoteLlm> {
+    let device = args.device.open()?;
+    NoteLlm::load(&args.model, &device).with_context(|| format!("loading model {}", args.model.display()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(a) => {
+            let model = load(&a.model)?;
+            let progress = notellm::progress::counter("embedding");
+            let stdin = std::io::stdin().lock();
+            let stdout = BufWriter::new(std::io::stdout().lock());
+            let report = notellm::commands::embed::run(&model, stdin, stdout, a.batch_size, a.on_error, &progress)?;
+            progress.finish_and_clear();
+            eprintln!("embedded {} notes, skipped {} malformed lines", report.embedded, report.skipped);
+        }
+        Command::Suggest(a) => {
+            let model = load(&a.model)?;
+            let note = Note { title: a.title, content: a.content, ..Default::default() };
+            note.validate()?;
+            let opts = GenerateOptions {
+                max_new_tokens: None,
+                temperature: a.temperature,
+                top_p: a.top_p,
+                seed: a.seed,
+                repetition_penalty: a.repetition_penalty,
+            };
+            let j = a.max_hashtags.unwrap_or(model.config().hashtag_count);
+            let s = model.suggest(&note, j, &opts)?;
+            println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Model(ModelCommand::Init(a)) => {
+            let opts = InitOptions {
+                preset: a.preset,
+                family: a.family.into(),
+                vocab_size: a.vocab_size,
+                embedding_dim: a.embedding_dim,
+                seed: a.seed,
+                shards: a.shards,
+                model_version: None,
+            };
+            init_model(&a.corpus, &a.out, &opts)?;
+            eprintln!("wrote {}", a.out.display());
+        }
+    }
+    Ok(())
+}

@@ -28,9 +28,7 @@ impl NoteId {
     pub fn parse(s: &str) -> Result<Self, NoteError> {
         let ok = !s.is_empty()
             && s.len() <= MAX_NOTE_ID_LEN
-            && s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {

@@ -130,17 +130,17 @@ pub fn render(note: &Note, variant: Variant, limits: Limits, specials: &Specials
     let (instruction, input, guidance) = match variant {
         Variant::Category => {
             let topics = field(&note.hashtags.join(HASHTAG_SEPARATOR), limits.topic);
+            // A list cut mid-way must not end in a dangling separator.
+            let topics = topics.trim_end_matches(|c: char| c == ',' || c.is_whitespace()).to_owned();
             (
                 CATEGORY_INSTRUCTION.to_owned(),
                 format!("{{'title': {title}, 'topic': {topics}, 'content': {content}}}."),
                 CATEGORY_GUIDANCE.to_owned(),
             )
         }
-        Variant::Hashtags { j } => (
-            hashtag_instruction(j),
-            format!("{{'title': {title}, 'content': {content}}}."),
-            hashtag_guidance(j),
-        ),
+        Variant::Hashtags { j } => {
+            (hashtag_instruction(j), format!("{{'title': {title}, 'content': {content}}}."), hashtag_guidance(j))
+        }
     };
     let bos = specials.bos.as_deref().unwrap_or("");
     Prompt {
@@ -158,6 +158,9 @@ pub fn hashtag_output(tags: &[String]) -> String {
 /// and duplicates, keep at most `max`.
 pub fn parse_hashtags(output: &str, max: usize) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    if max == 0 {
+        return out;
+    }
     for part in output.split([',', '\n', ';']) {
         let tag = part.trim().trim_matches(|c: char| c == '#' || c == '"' || c == '\'' || c == '.').trim();
         if !tag.is_empty() && !out.iter().any(|t| t == tag) {
@@ -239,7 +242,11 @@ mod tests {
         let limits = Limits { title: 1, content: 3, topic: 1 };
         let p = render(&n, Variant::Category, limits, &specials(), &Words);
         assert!(p.through_emb.ends_with("The compression word is:\"[EMB]"));
-        assert!(p.through_emb.contains("{'title': Autumn, 'topic': travel, 'content': word word word}."), "{}", p.through_emb);
+        assert!(
+            p.through_emb.contains("{'title': Autumn, 'topic': travel, 'content': word word word}."),
+            "{}",
+            p.through_emb
+        );
     }
 
     #[test]
@@ -281,5 +288,4 @@ mod tests {
             }
         }
     }
-
 }

@@ -21,7 +21,8 @@ fn batched_equals_unbatched_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
     let model = NoteLlm::load(&tiny_model(dir.path(), "m", Family::Llama, 1), &Device::Cpu).unwrap();
     let notes: Vec<_> = notes(48, 99).into_iter().map(|(_, n)| n).collect();
-    let single: Vec<Vec<f32>> = notes.iter().map(|n| model.embed(std::slice::from_ref(n)).unwrap()[0].as_slice().to_vec()).collect();
+    let single: Vec<Vec<f32>> =
+        notes.iter().map(|n| model.embed(std::slice::from_ref(n)).unwrap()[0].as_slice().to_vec()).collect();
     let mut order: Vec<usize> = (0..notes.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(3));
     for batch in [8, 32] {

@@ -46,10 +46,7 @@ impl KvCache {
             self.key_pos = vec![Vec::new(); b];
             self.next_pos = vec![0; b];
         } else if self.key_valid.len() != b {
-            return Err(ModelError::Input(format!(
-                "KV cache holds {} sequences, batch has {b}",
-                self.key_valid.len()
-            )));
+            return Err(ModelError::Input(format!("KV cache holds {} sequences, batch has {b}", self.key_valid.len())));
         }
         if self.layers.len() != num_layers {
             if self.layers.iter().any(Option::is_some) {
@@ -91,7 +88,13 @@ impl KvCache {
     /// Additive mask `[b, 1, 1, t, s]` for the last `t` slots as queries over all `s` slots, or
     /// `None` when nothing needs masking. A query always sees itself, so a padding query has
     /// one finite score and its (unused) output stays finite instead of NaN.
-    pub(crate) fn mask(&self, t: usize, window: Option<usize>, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    pub(crate) fn mask(
+        &self,
+        t: usize,
+        window: Option<usize>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
         let s = self.len();
         let b = self.batch_size();
         let all_valid = self.key_valid.iter().all(|r| r.iter().all(|&v| v));

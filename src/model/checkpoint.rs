@@ -68,7 +68,11 @@ impl CheckpointFiles {
             let f = std::fs::File::open(w).map_err(|source| ModelError::Io { path: w.clone(), source })?;
             let len = f.metadata().map_err(|source| ModelError::Io { path: w.clone(), source })?.len();
             if len < 8 {
-                return Err(ModelError::Tensor { file: file_name(w), tensor: "-".into(), msg: "file is too short to be safetensors".into() });
+                return Err(ModelError::Tensor {
+                    file: file_name(w),
+                    tensor: "-".into(),
+                    msg: "file is too short to be safetensors".into(),
+                });
             }
         }
         // SAFETY: the files are memory-mapped read-only; they must not be modified while the
@@ -96,7 +100,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         }
         let idx: Index = read_json(&index)?;
         if idx.weight_map.is_empty() {
-            return Err(ModelError::Field { file: INDEX_FILE.into(), field: "weight_map".into(), msg: "is empty".into() });
+            return Err(ModelError::Field {
+                file: INDEX_FILE.into(),
+                field: "weight_map".into(),
+                msg: "is empty".into(),
+            });
         }
         let mut files: Vec<&String> = idx.weight_map.values().collect::<HashSet<_>>().into_iter().collect();
         files.sort();

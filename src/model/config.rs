@@ -25,12 +25,7 @@ pub enum Family {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Llama 3.x: piecewise wavelength scaling.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: usize },
     /// Position interpolation: every frequency divided by `factor`.
     Linear { factor: f64 },
 }
@@ -220,16 +215,13 @@ impl DecoderConfig {
             Family::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
         };
         let rope_scaling = self.rope_scaling.as_ref().map(|s| match s {
-            RopeScaling::Llama3 {
-                factor,
-                low_freq_factor,
-                high_freq_factor,
-                original_max_position_embeddings,
-            } => serde_json::json!({
-                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor,
-                "original_max_position_embeddings": original_max_position_embeddings,
-            }),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+                serde_json::json!({
+                    "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                    "high_freq_factor": high_freq_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings,
+                })
+            }
             RopeScaling::Linear { factor } => serde_json::json!({"rope_type": "linear", "factor": factor}),
         });
         RawHfConfig {
@@ -375,7 +367,9 @@ impl NoteLlmConfig {
         if self.model_version.trim().is_empty() {
             return e("model_version", "must not be empty".into());
         }
-        for (field, v) in [("emb_token", &self.emb_token), ("eos_token", &self.eos_token), ("pad_token", &self.pad_token)] {
+        for (field, v) in
+            [("emb_token", &self.emb_token), ("eos_token", &self.eos_token), ("pad_token", &self.pad_token)]
+        {
             if v.is_empty() {
                 return e(field, "must not be empty".into());
             }

@@ -93,10 +93,8 @@ struct Rope {
 impl Rope {
     fn new(cfg: &DecoderConfig, dtype: DType, device: &Device) -> Result<Self> {
         let dim = cfg.head_dim;
-        let mut inv_freq: Vec<f64> = (0..dim)
-            .step_by(2)
-            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64))
-            .collect();
+        let mut inv_freq: Vec<f64> =
+            (0..dim).step_by(2).map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64)).collect();
         match &cfg.rope_scaling {
             None => {}
             Some(RopeScaling::Linear { factor }) => inv_freq.iter_mut().for_each(|f| *f /= factor),
@@ -185,7 +183,14 @@ impl Attention {
     }
 
     /// `x: [b, t, hidden]`; `mask: [b, 1, 1, t, s]` additive; returns `[b, t, hidden]`.
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, kv: &mut Option<(Tensor, Tensor)>, differentiable: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        kv: &mut Option<(Tensor, Tensor)>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self.q.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
@@ -264,7 +269,14 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &(Tensor, Tensor), mask: Option<&Tensor>, kv: &mut Option<(Tensor, Tensor)>, differentiable: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        kv: &mut Option<(Tensor, Tensor)>,
+        differentiable: bool,
+    ) -> Result<Tensor> {
         let h = self.input_norm.forward(x, differentiable)?;
         let x = (x + self.attn.forward(&h, rope, mask, kv, differentiable)?)?;
         let h = self.post_attn_norm.forward(&x, differentiable)?;
@@ -348,9 +360,8 @@ impl Decoder {
     pub fn load(cfg: &DecoderConfig, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let embed = m.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
-        let blocks = (0..cfg.num_layers)
-            .map(|i| Block::load(cfg, m.pp(format!("layers.{i}"))))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks =
+            (0..cfg.num_layers).map(|i| Block::load(cfg, m.pp(format!("layers.{i}")))).collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
             Proj::from_weight(embed.clone())

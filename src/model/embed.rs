@@ -32,7 +32,8 @@ impl Prefix {
         if ids.len() < 2 {
             return Ok(None);
         }
-        let batch = PaddedBatch::new(std::slice::from_ref(&ids), Padding::Right, model.tokenizer.pad_id, model.device())?;
+        let batch =
+            PaddedBatch::new(std::slice::from_ref(&ids), Padding::Right, model.tokenizer.pad_id, model.device())?;
         let mut cache = KvCache::new();
         model.decoder.forward(&batch, &mut cache)?;
         Ok(Some(Self { ids, cache }))
@@ -72,10 +73,8 @@ impl NoteLlm {
         }
         let tokens: usize = seqs.iter().map(Vec::len).sum();
         let _span = tracing::debug_span!("embed_batch", size = seqs.len(), tokens).entered();
-        let reuse = self
-            .prefix
-            .as_ref()
-            .filter(|p| seqs.iter().all(|s| s.len() > p.ids.len() && s.starts_with(&p.ids)));
+        let reuse =
+            self.prefix.as_ref().filter(|p| seqs.iter().all(|s| s.len() > p.ids.len() && s.starts_with(&p.ids)));
         let (suffixes, mut cache): (Vec<Vec<u32>>, KvCache) = match reuse {
             Some(p) => (seqs.iter().map(|s| s[p.ids.len()..].to_vec()).collect(), p.cache.expand(seqs.len())?),
             None => (seqs.to_vec(), KvCache::new()),
@@ -96,7 +95,9 @@ impl NoteLlm {
         out.to_device(&candle_core::Device::Cpu)?
             .to_vec2::<f32>()?
             .into_iter()
-            .map(|v| Embedding::normalised(v).map_err(|e| ModelError::Input(format!("model produced a bad embedding: {e}"))))
+            .map(|v| {
+                Embedding::normalised(v).map_err(|e| ModelError::Input(format!("model produced a bad embedding: {e}")))
+            })
             .collect()
     }
 }

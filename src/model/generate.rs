@@ -108,7 +108,13 @@ impl NoteLlm {
         let hashtags = if max_hashtags == 0 {
             Vec::new()
         } else {
-            let p = prompt::render(&input, Variant::Hashtags { j: max_hashtags }, self.limits(), self.tokenizer.specials(), &self.tokenizer);
+            let p = prompt::render(
+                &input,
+                Variant::Hashtags { j: max_hashtags },
+                self.limits(),
+                self.tokenizer.specials(),
+                &self.tokenizer,
+            );
             let (text, _) = self.generate(&p.for_generation(), opts, None)?;
             prompt::parse_hashtags(&text, max_hashtags)
         };
@@ -125,7 +131,12 @@ impl NoteLlm {
 
     /// Generates a continuation of `prompt_text`. With a trie, decoding is constrained to it and
     /// the value of the completed sequence is returned too.
-    pub fn generate(&self, prompt_text: &str, opts: &GenerateOptions, trie: Option<&TokenTrie>) -> Result<(String, Option<usize>)> {
+    pub fn generate(
+        &self,
+        prompt_text: &str,
+        opts: &GenerateOptions,
+        trie: Option<&TokenTrie>,
+    ) -> Result<(String, Option<usize>)> {
         let ids = self.tokenizer.encode(prompt_text)?;
         if ids.is_empty() {
             return Err(ModelError::Input("empty prompt".into()));

@@ -60,7 +60,15 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        Self { preset: Preset::Tiny, family: Family::Llama, vocab_size: 2000, embedding_dim: 32, seed: 42, shards: 1, model_version: None }
+        Self {
+            preset: Preset::Tiny,
+            family: Family::Llama,
+            vocab_size: 2000,
+            embedding_dim: 32,
+            seed: 42,
+            shards: 1,
+            model_version: None,
+        }
     }
 }
 
@@ -113,7 +121,8 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer>
     tok.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
     tok.with_decoder(Some(ByteLevel::default()));
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-    tok.train(&mut trainer, texts.iter().cloned()).map_err(|e| ModelError::Tokenizer(format!("training failed: {e}")))?;
+    tok.train(&mut trainer, texts.iter().cloned())
+        .map_err(|e| ModelError::Tokenizer(format!("training failed: {e}")))?;
     tok.add_special_tokens(&specials);
     Ok(tok)
 }

@@ -56,11 +56,15 @@ impl NoteTokenizer {
         let bos_id = cfg.bos_token.as_deref().map(|b| special_id("bos", b)).transpose()?;
         let size = inner.get_vocab_size(true);
         if size > vocab_size {
-            return Err(tok_err("model.vocab", format!("has {size} tokens, more than config.json vocab_size {vocab_size}")));
+            return Err(tok_err(
+                "model.vocab",
+                format!("has {size} tokens, more than config.json vocab_size {vocab_size}"),
+            ));
         }
         let mut others: Vec<String> = added.values().filter(|t| t.special).map(|t| t.content.clone()).collect();
         others.sort();
-        let specials = Specials { bos: cfg.bos_token.clone(), emb: cfg.emb_token.clone(), eos: cfg.eos_token.clone(), others };
+        let specials =
+            Specials { bos: cfg.bos_token.clone(), emb: cfg.emb_token.clone(), eos: cfg.eos_token.clone(), others };
         Ok(Self { inner, emb_id, eos_id, pad_id, bos_id, specials })
     }
 

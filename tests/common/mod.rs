@@ -12,13 +12,17 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const TOPICS: &[(&str, &[&str])] = &[
     ("travel", &["mountain", "beach", "hotel", "flight", "hiking", "trail", "island", "museum", "sunset", "backpack"]),
-    ("food", &["noodles", "recipe", "spicy", "bakery", "coffee", "dumplings", "sauce", "dessert", "breakfast", "grill"]),
+    (
+        "food",
+        &["noodles", "recipe", "spicy", "bakery", "coffee", "dumplings", "sauce", "dessert", "breakfast", "grill"],
+    ),
     ("tech", &["laptop", "compiler", "kernel", "database", "python", "rust", "server", "network", "battery", "camera"]),
     ("fashion", &["dress", "sneakers", "jacket", "vintage", "denim", "scarf", "makeup", "lipstick", "outfit", "silk"]),
     ("fitness", &["running", "yoga", "protein", "stretch", "marathon", "squat", "cardio", "gym", "swimming", "bike"]),
     ("home", &["kitchen", "garden", "sofa", "lamp", "plants", "storage", "paint", "curtain", "shelf", "candle"]),
 ];
-const COMMON: &[&str] = &["the", "a", "my", "with", "and", "for", "today", "best", "new", "really", "tips", "guide", "love", "week"];
+const COMMON: &[&str] =
+    &["the", "a", "my", "with", "and", "for", "today", "best", "new", "really", "tips", "guide", "love", "week"];
 
 /// `n` notes drawn from a fixed seed; lengths vary from a few words to ~120.
 pub fn notes(n: usize, seed: u64) -> Vec<(String, Note)> {
@@ -29,14 +33,20 @@ pub fn notes(n: usize, seed: u64) -> Vec<(String, Note)> {
             let pick = |k: usize, rng: &mut StdRng| -> Vec<String> {
                 (0..k)
                     .map(|_| {
-                        if rng.random_bool(0.6) { words[rng.random_range(0..words.len())] } else { COMMON[rng.random_range(0..COMMON.len())] }.to_owned()
+                        if rng.random_bool(0.6) {
+                            words[rng.random_range(0..words.len())]
+                        } else {
+                            COMMON[rng.random_range(0..COMMON.len())]
+                        }
+                        .to_owned()
                     })
                     .collect()
             };
             let title = pick(rng.random_range(2..8), &mut rng).join(" ");
             let len = [3, 10, 30, 60, 120][rng.random_range(0..5)];
             let content = pick(len, &mut rng).join(" ") + ".";
-            let hashtags = (0..rng.random_range(0..4)).map(|_| words[rng.random_range(0..words.len())].to_owned()).collect();
+            let hashtags =
+                (0..rng.random_range(0..4)).map(|_| words[rng.random_range(0..words.len())].to_owned()).collect();
             (format!("n{i}"), Note { title, content, hashtags, category: Some(cat.to_owned()) })
         })
         .collect()
@@ -59,7 +69,15 @@ pub fn tiny_model(dir: &Path, name: &str, family: Family, shards: usize) -> Path
         write_corpus(&corpus, &notes(400, 1));
     }
     let out = dir.join(name);
-    let opts = InitOptions { preset: Preset::Tiny, family, vocab_size: 1200, embedding_dim: 32, seed: 7, shards, model_version: None };
+    let opts = InitOptions {
+        preset: Preset::Tiny,
+        family,
+        vocab_size: 1200,
+        embedding_dim: 32,
+        seed: 7,
+        shards,
+        model_version: None,
+    };
     init_model(&corpus, &out, &opts).unwrap();
     out
 }

@@ -1,0 +1,4 @@
+//! The offline commands behind the CLI, as library functions over readers and writers so that
+//! they are testable without a process.
+
+pub mod embed;
