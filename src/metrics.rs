@@ -1,0 +1,188 @@
+//! Every Prometheus metric of the service, defined in one place on one registry. Names follow
+//! Prometheus conventions: `notellm_` prefix, base units, `_total` counters, histograms for
+//! durations and sizes. Label sets that dashboards query are created at zero at start-up so a
+//! fresh service exports them before the first request.
+
+use prometheus::{
+    exponential_buckets, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Routes as they appear in the `route` label (matched paths, never raw ids).
+pub const ROUTES: &[&str] = &[
+    "/notes/{note_id}",
+    "/notes:batch",
+    "/related/{note_id}",
+    "/related",
+    "/suggest-tags",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub queue_rejected: IntCounterVec,
+    pub requests_dropped: IntCounterVec,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub batch_padding: Histogram,
+    pub inference_duration: Histogram,
+    pub generation_duration: Histogram,
+    pub embedded_notes: IntCounter,
+    pub notes_indexed: IntGauge,
+    pub index_tombstones: IntGauge,
+    pub index_rebuilds: IntCounter,
+    pub snapshot_age: Gauge,
+    pub store_errors: IntCounterVec,
+    pub build_info: GaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn hist(name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let r = Registry::new();
+        // 0.25 ms .. ~16 s: /related answers in about a millisecond, generation in seconds.
+        let latency = exponential_buckets(0.000_25, 2.0, 17)?;
+        let m = Self {
+            http_requests: IntCounterVec::new(
+                Opts::new("notellm_http_requests_total", "HTTP requests by route, method and status"),
+                &["route", "method", "status"],
+            )?,
+            http_duration: HistogramVec::new(
+                HistogramOpts::new("notellm_http_request_duration_seconds", "HTTP request duration by route")
+                    .buckets(latency.clone()),
+                &["route"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("notellm_queue_depth", "Requests waiting in a queue (embed, generate)"),
+                &["queue"],
+            )?,
+            queue_rejected: IntCounterVec::new(
+                Opts::new("notellm_queue_rejected_total", "Requests refused because a queue was full"),
+                &["queue"],
+            )?,
+            requests_dropped: IntCounterVec::new(
+                Opts::new("notellm_requests_dropped_total", "Queued requests dropped before running, by reason"),
+                &["queue", "reason"],
+            )?,
+            batch_size: hist("notellm_batch_size", "Notes per embedding batch", exponential_buckets(1.0, 2.0, 9)?)?,
+            batch_tokens: hist(
+                "notellm_batch_tokens",
+                "Padded tokens per embedding batch",
+                exponential_buckets(16.0, 2.0, 12)?,
+            )?,
+            batch_padding: hist(
+                "notellm_batch_padding_ratio",
+                "Share of padding tokens in an embedding batch",
+                vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
+            )?,
+            inference_duration: hist(
+                "notellm_inference_duration_seconds",
+                "Forward pass time of one embedding batch",
+                exponential_buckets(0.001, 2.0, 16)?,
+            )?,
+            generation_duration: hist(
+                "notellm_generation_duration_seconds",
+                "Time to generate hashtags and a category for one note",
+                exponential_buckets(0.01, 2.0, 14)?,
+            )?,
+            embedded_notes: IntCounter::new("notellm_embedded_notes_total", "Notes embedded by the model")?,
+            notes_indexed: IntGauge::new("notellm_notes_indexed", "Live notes in the HNSW index")?,
+            index_tombstones: IntGauge::new(
+                "notellm_index_tombstones",
+                "Deleted or replaced vectors still in the graph",
+            )?,
+            index_rebuilds: IntCounter::new("notellm_index_rebuilds_total", "Index rebuilds (tombstone share passed)")?,
+            snapshot_age: Gauge::new(
+                "notellm_snapshot_age_seconds",
+                "Seconds since the last index snapshot was written or loaded",
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new("notellm_store_errors_total", "Store operations that failed, by operation"),
+                &["op"],
+            )?,
+            build_info: GaugeVec::new(
+                Opts::new("notellm_build_info", "Build and model information (value 1)"),
+                &["version", "model_version", "store"],
+            )?,
+            registry: r,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.http_requests.clone()))?;
+        r.register(Box::new(m.http_duration.clone()))?;
+        r.register(Box::new(m.queue_depth.clone()))?;
+        r.register(Box::new(m.queue_rejected.clone()))?;
+        r.register(Box::new(m.requests_dropped.clone()))?;
+        r.register(Box::new(m.batch_size.clone()))?;
+        r.register(Box::new(m.batch_tokens.clone()))?;
+        r.register(Box::new(m.batch_padding.clone()))?;
+        r.register(Box::new(m.inference_duration.clone()))?;
+        r.register(Box::new(m.generation_duration.clone()))?;
+        r.register(Box::new(m.embedded_notes.clone()))?;
+        r.register(Box::new(m.notes_indexed.clone()))?;
+        r.register(Box::new(m.index_tombstones.clone()))?;
+        r.register(Box::new(m.index_rebuilds.clone()))?;
+        r.register(Box::new(m.snapshot_age.clone()))?;
+        r.register(Box::new(m.store_errors.clone()))?;
+        r.register(Box::new(m.build_info.clone()))?;
+        for q in ["embed", "generate"] {
+            m.queue_depth.with_label_values(&[q]).set(0);
+            m.queue_rejected.with_label_values(&[q]).reset();
+            m.requests_dropped.with_label_values(&[q, "client_gone"]).reset();
+        }
+        for route in ROUTES {
+            let _ = m.http_duration.with_label_values(&[route]);
+        }
+        for op in ["put", "get", "delete", "changes", "scan", "ping"] {
+            m.store_errors.with_label_values(&[op]).reset();
+        }
+        Ok(m)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_at_zero_and_rendered() {
+        let m = Metrics::new().unwrap();
+        m.build_info.with_label_values(&["0.1.0", "m1", "sqlite"]).set(1.0);
+        let text = m.render();
+        for name in [
+            "notellm_queue_depth{queue=\"embed\"} 0",
+            "notellm_http_request_duration_seconds_bucket{route=\"/related/{note_id}\"",
+            "notellm_batch_size_bucket",
+            "notellm_notes_indexed 0",
+            "notellm_store_errors_total{op=\"put\"} 0",
+            "notellm_build_info{model_version=\"m1\",store=\"sqlite\",version=\"0.1.0\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}
