@@ -1,0 +1,59 @@
+//! The store's one error type. A missing note is never an error (lookups return `Option`);
+//! everything here is a failure the caller reports, counts by [`StoreError::kind`] and maps to
+//! a 5xx (or, for `ChangesPurged`, answers by rebuilding its index from a full scan).
+
+use std::path::PathBuf;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL, schema name or another setting is unusable. Raised at connect time.
+    #[error("store configuration: {0}")]
+    Config(String),
+
+    /// The data directory for the embedded SQLite file could not be created.
+    #[error("cannot create data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The database could not be reached or a statement failed (includes pool timeouts).
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+
+    /// Applying or validating the schema migrations failed.
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A stored row cannot be decoded (wrong embedding length, non-finite values, bad JSON...).
+    /// The row was written by something other than this store, or damaged.
+    #[error("corrupt stored row for note {id:?}: {reason}")]
+    Corrupt { id: String, reason: String },
+
+    /// Tombstones a follower would need were purged: it must rebuild from a full scan.
+    #[error(
+        "changes after seq {since} can no longer be replayed (tombstones up to seq \
+         {purged_through} were purged); rebuild from a full scan"
+    )]
+    ChangesPurged { since: i64, purged_through: i64 },
+}
+
+impl StoreError {
+    /// A short, stable label for metrics (`notellm_store_errors_total{kind=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Config(_) => "config",
+            StoreError::DataDir { .. } => "data_dir",
+            StoreError::Db(_) => "db",
+            StoreError::Migrate(_) => "migrate",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::ChangesPurged { .. } => "changes_purged",
+        }
+    }
+
+    pub(crate) fn corrupt(id: &str, reason: impl Into<String>) -> Self {
+        StoreError::Corrupt { id: id.to_owned(), reason: reason.into() }
+    }
+}

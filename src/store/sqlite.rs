@@ -1,0 +1,291 @@
+//! Embedded SQLite backend (the zero-setup default: `<data_dir>/notellm.sqlite`).
+//!
+//! Two pools over one file: a single-connection writer and a pool of readers. WAL mode lets the
+//! readers (GET /related's embedding lookups) run while a write is in progress; the lone writer
+//! means our own writes never fight for SQLite's write lock. Every write transaction starts with
+//! `BEGIN IMMEDIATE`, so another process writing the same file (`notellm ingest` beside
+//! `notellm serve`) waits on the busy timeout instead of failing with SQLITE_BUSY mid-way.
+//!
+//! Durability: `synchronous = FULL`. In WAL mode, NORMAL syncs the WAL only at checkpoints, so a
+//! power cut or OS crash can lose the last commits, which would break the promise that a PUT is
+//! answered only once the note is durable. FULL fsyncs the WAL on every commit: one fsync per
+//! write transaction, amortised by `put_notes` batches.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous, SqliteTransaction,
+};
+
+use super::codec::{self, ChangeRow, EmbeddingRow, NoteRow, ScanRow};
+use super::migrations::{self, MigrationReport};
+use super::{Change, NoteWrite, Result, StoreError, StoreOptions, StoredNote};
+use crate::note::{Embedding, ModelVersion, NoteId};
+
+/// Where the SQLite database lives.
+#[derive(Debug, Clone)]
+pub(crate) enum SqliteTarget {
+    /// A file path (the default `<data_dir>/notellm.sqlite`); its directory is created.
+    File(PathBuf),
+    /// An explicit `sqlite:` URL (tests, unusual layouts).
+    Url(String),
+}
+
+/// The writer and reader pools over one database file.
+#[derive(Debug, Clone)]
+pub(crate) struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content_hash, \
+     embedding, dim, model_version, seq, created_at AS created_us, updated_at AS updated_us";
+
+const ALLOCATE_SEQS: &str = "UPDATE notellm_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq";
+
+/// `$11` is "now" in microseconds: the creation time of a new note, the update time of both.
+const UPSERT: &str = "INSERT INTO notes (note_id, title, content, hashtags, category, \
+         content_hash, embedding, dim, model_version, seq, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+     ON CONFLICT (note_id) DO UPDATE SET title = excluded.title, content = excluded.content, \
+         hashtags = excluded.hashtags, category = excluded.category, \
+         content_hash = excluded.content_hash, embedding = excluded.embedding, \
+         dim = excluded.dim, model_version = excluded.model_version, seq = excluded.seq, \
+         updated_at = excluded.updated_at";
+
+const CHANGES: &str = "SELECT note_id, seq, embedding, dim, model_version FROM ( \
+         SELECT note_id, seq, embedding, dim, model_version FROM notes WHERE seq > $1 \
+         UNION ALL \
+         SELECT note_id, seq, NULL, NULL, NULL FROM note_tombstones WHERE seq > $1 \
+     ) ORDER BY seq LIMIT $2";
+
+impl SqliteStore {
+    pub(crate) async fn connect(target: &SqliteTarget, opts: &StoreOptions) -> Result<(SqliteStore, MigrationReport)> {
+        let base = match target {
+            SqliteTarget::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    tokio::fs::create_dir_all(dir)
+                        .await
+                        .map_err(|source| StoreError::DataDir { path: dir.to_path_buf(), source })?;
+                }
+                SqliteConnectOptions::new().filename(path)
+            }
+            SqliteTarget::Url(url) => {
+                // Two pools over an in-memory database would see two different databases.
+                if url.contains(":memory:") || url.contains("mode=memory") {
+                    return Err(StoreError::Config(
+                        "an in-memory SQLite database cannot back the store; use a file".into(),
+                    ));
+                }
+                SqliteConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::Config(format!("DATABASE_URL is not a usable SQLite URL: {e}")))?
+            }
+        };
+        let base = base
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(opts.busy_timeout)
+            .foreign_keys(true);
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.clone().create_if_missing(true))
+            .await?;
+        let report = migrations::run_sqlite(writer.acquire().await?).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(opts.max_connections)
+            .min_connections(opts.min_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.create_if_missing(false))
+            .await?;
+        Ok((SqliteStore { writer, reader }, report))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    pub(crate) async fn content_hash(&self, id: &NoteId) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT content_hash FROM notes WHERE note_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+
+    pub(crate) async fn put_notes(&self, batch: &[NoteWrite<'_>]) -> Result<Vec<i64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = codec::now_micros();
+        let mut tx = self.begin_write().await?;
+        let first = allocate_seqs(&mut tx, batch.len()).await?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (w, seq) in batch.iter().zip(first..) {
+            sqlx::query("DELETE FROM note_tombstones WHERE note_id = $1").bind(w.id.as_str()).execute(&mut *tx).await?;
+            sqlx::query(UPSERT)
+                .bind(w.id.as_str())
+                .bind(&w.note.title)
+                .bind(&w.note.content)
+                .bind(codec::encode_hashtags(&w.note.hashtags))
+                .bind(w.note.category.as_deref())
+                .bind(w.content_hash)
+                .bind(codec::encode_embedding(w.embedding))
+                .bind(codec::embedding_dim(w.embedding)?)
+                .bind(&w.model_version.0)
+                .bind(seq)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            seqs.push(seq);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    pub(crate) async fn get_note(&self, id: &NoteId) -> Result<Option<StoredNote>> {
+        let sql = format!("SELECT {NOTE_COLUMNS} FROM notes WHERE note_id = $1");
+        let row: Option<NoteRow> = sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(&self.reader).await?;
+        row.map(NoteRow::decode).transpose()
+    }
+
+    pub(crate) async fn get_embedding(&self, id: &NoteId) -> Result<Option<(Embedding, ModelVersion)>> {
+        let row: Option<EmbeddingRow> =
+            sqlx::query_as("SELECT embedding, dim, model_version FROM notes WHERE note_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|r| r.decode(id)).transpose()
+    }
+
+    pub(crate) async fn delete_note(&self, id: &NoteId) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        let seq = allocate_seqs(&mut tx, 1).await?;
+        let done = sqlx::query("DELETE FROM notes WHERE note_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if done == 0 {
+            // Unknown note: give the sequence number back so that seqs stay gap-free.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO note_tombstones (note_id, seq, deleted_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (note_id) DO UPDATE SET seq = excluded.seq, deleted_at = excluded.deleted_at",
+        )
+        .bind(id.as_str())
+        .bind(seq)
+        .bind(codec::now_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    pub(crate) async fn changes_since(&self, since: i64, limit: usize) -> Result<Vec<Change>> {
+        let rows: Vec<ChangeRow> = sqlx::query_as(CHANGES)
+            .bind(since)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reader)
+            .await?;
+        // Checked after reading: a purge that committed before the read is seen here.
+        let purged_through: i64 =
+            sqlx::query_scalar("SELECT purged_through FROM notellm_seq WHERE id = 1").fetch_one(&self.reader).await?;
+        if since < purged_through {
+            return Err(StoreError::ChangesPurged { since, purged_through });
+        }
+        codec::decode_all(rows, ChangeRow::decode)
+    }
+
+    pub(crate) async fn max_seq(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1").fetch_one(&self.reader).await?)
+    }
+
+    pub(crate) async fn count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&self.reader).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub(crate) async fn scan_embeddings(
+        &self,
+        after: Option<&NoteId>,
+        limit: usize,
+    ) -> Result<Vec<(NoteId, Embedding, ModelVersion)>> {
+        let rows: Vec<ScanRow> = sqlx::query_as(
+            "SELECT note_id, embedding, dim, model_version FROM notes \
+             WHERE note_id > $1 ORDER BY note_id LIMIT $2",
+        )
+        .bind(after.map_or("", NoteId::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.reader)
+        .await?;
+        codec::decode_all(rows, ScanRow::decode)
+    }
+
+    pub(crate) async fn purge_tombstones(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = codec::now_micros().saturating_sub(i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX));
+        let mut tx = self.begin_write().await?;
+        let max_seq: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM note_tombstones WHERE deleted_at < $1")
+            .bind(cutoff)
+            .fetch_one(&mut *tx)
+            .await?;
+        let purged = sqlx::query("DELETE FROM note_tombstones WHERE deleted_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if let Some(max_seq) = max_seq {
+            sqlx::query("UPDATE notellm_seq SET purged_through = max(purged_through, $1) WHERE id = 1")
+                .bind(max_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(purged)
+    }
+
+    /// A write transaction that holds SQLite's write lock from its first statement.
+    async fn begin_write(&self) -> Result<SqliteTransaction<'static>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Allocates `n` consecutive sequence numbers inside `tx` and returns the first.
+async fn allocate_seqs(tx: &mut SqliteTransaction<'_>, n: usize) -> Result<i64> {
+    let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
+    let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    Ok(last - n + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection, writer and readers, runs WAL with synchronous = FULL (2).
+    #[tokio::test]
+    async fn connections_use_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = SqliteTarget::File(dir.path().join("t.sqlite"));
+        let opts = StoreOptions { min_connections: 2, ..StoreOptions::default() };
+        let (store, report) = SqliteStore::connect(&target, &opts).await.unwrap();
+        assert_eq!(report.applied_now, vec![1]);
+        for pool in [&store.writer, &store.reader] {
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.unwrap();
+            assert_eq!(sync, 2, "synchronous = FULL");
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(pool).await.unwrap();
+            assert_eq!(mode, "wal");
+        }
+        store.close().await;
+    }
+}
