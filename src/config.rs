@@ -35,6 +35,13 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Bulk-load notes JSONL through the service's pipeline (batcher, store, index, snapshot).
+    /// Run it while the service is stopped; the service picks the notes up at its next start.
+    Ingest(IngestArgs),
+    /// Apply the store's schema migrations and exit.
+    Migrate(StoreArgs),
     /// Embed notes: notes JSONL on stdin, `{"note_id","embedding"}` JSONL on stdout.
     Embed(EmbedArgs),
     /// Generate hashtags and a category for one note; prints `{"hashtags":[...],"category":"..."}`.
@@ -53,6 +60,155 @@ pub struct ModelArgs {
     /// auto, cpu or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+}
+
+/// Where notes are stored.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Data directory: the embedded SQLite file (when no database URL is set) and index snapshots.
+    #[arg(long, env = "NOTELLM_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// `postgres://...` selects Postgres; unset means SQLite in the data directory. Falls back to
+    /// the DATABASE_URL variable.
+    #[arg(long, env = "NOTELLM_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// The flag, else `NOTELLM_DATABASE_URL`, else `DATABASE_URL`.
+    pub fn database_url(&self) -> Option<String> {
+        self.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok()).filter(|u| !u.trim().is_empty())
+    }
+}
+
+/// The pipeline shared by `serve` and `ingest`.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Most notes in one embedding batch.
+    #[arg(long, env = "NOTELLM_MAX_BATCH_NOTES", default_value_t = 32)]
+    pub max_batch_notes: usize,
+    /// Most padded tokens (longest note x notes) in one embedding batch.
+    #[arg(long, env = "NOTELLM_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Longest wait for more notes once a batch has one, in milliseconds.
+    #[arg(long, env = "NOTELLM_MAX_WAIT_MS", default_value_t = 2)]
+    pub max_wait_ms: u64,
+    /// Notes waiting for embedding before new ones are refused (503).
+    #[arg(long, env = "NOTELLM_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// /suggest-tags requests waiting before new ones are refused (429).
+    #[arg(long, env = "NOTELLM_GEN_QUEUE_CAPACITY", default_value_t = 16)]
+    pub gen_queue_capacity: usize,
+    /// /suggest-tags requests generated at once.
+    #[arg(long, env = "NOTELLM_GEN_WORKERS", default_value_t = 1)]
+    pub gen_workers: usize,
+    /// HNSW links per node.
+    #[arg(long, env = "NOTELLM_HNSW_M", default_value_t = crate::index::DEFAULT_M)]
+    pub hnsw_m: usize,
+    #[arg(long, env = "NOTELLM_HNSW_EF_CONSTRUCTION", default_value_t = crate::index::DEFAULT_EF_CONSTRUCTION)]
+    pub hnsw_ef_construction: usize,
+    #[arg(long, env = "NOTELLM_HNSW_EF_SEARCH", default_value_t = crate::index::DEFAULT_EF_SEARCH)]
+    pub hnsw_ef_search: usize,
+    /// Rebuild the graph once deleted/replaced vectors pass this share of it.
+    #[arg(long, env = "NOTELLM_REBUILD_TOMBSTONE_SHARE", default_value_t = crate::index::DEFAULT_REBUILD_TOMBSTONE_SHARE)]
+    pub rebuild_tombstone_share: f64,
+    /// Seconds between index snapshots (written only when the index changed).
+    #[arg(long, env = "NOTELLM_SNAPSHOT_INTERVAL_SECS", default_value_t = 300)]
+    pub snapshot_interval_secs: u64,
+    /// Largest k of /related.
+    #[arg(long, env = "NOTELLM_MAX_K", default_value_t = 1000)]
+    pub max_k: usize,
+    /// Most notes in one POST /notes:batch.
+    #[arg(long, env = "NOTELLM_MAX_NOTES_PER_BATCH", default_value_t = 256)]
+    pub max_notes_per_batch: usize,
+    #[arg(long, env = "NOTELLM_MAX_TITLE_CHARS", default_value_t = 1000)]
+    pub max_title_chars: usize,
+    #[arg(long, env = "NOTELLM_MAX_CONTENT_CHARS", default_value_t = 20000)]
+    pub max_content_chars: usize,
+}
+
+impl PipelineArgs {
+    pub fn service_config(&self) -> crate::server::ServiceConfig {
+        crate::server::ServiceConfig {
+            model_dir: self.model.model.clone(),
+            device: self.model.device,
+            data_dir: self.store.data_dir.clone(),
+            database_url: self.store.database_url(),
+            batcher: crate::batcher::BatcherConfig {
+                max_batch_notes: self.max_batch_notes,
+                max_batch_tokens: self.max_batch_tokens,
+                max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+                queue_capacity: self.queue_capacity,
+                gen_queue_capacity: self.gen_queue_capacity,
+                gen_workers: self.gen_workers,
+            },
+            limits: crate::service::ServiceLimits {
+                max_k: self.max_k,
+                max_notes_per_batch: self.max_notes_per_batch,
+                max_title_chars: self.max_title_chars,
+                max_content_chars: self.max_content_chars,
+                ..Default::default()
+            },
+            hnsw_m: self.hnsw_m,
+            hnsw_ef_construction: self.hnsw_ef_construction,
+            hnsw_ef_search: self.hnsw_ef_search,
+            rebuild_tombstone_share: self.rebuild_tombstone_share,
+            snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[arg(long, env = "NOTELLM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// When set, writes (PUT, DELETE, POST /notes:batch) need `Authorization: Bearer <key>`.
+    #[arg(long, env = "NOTELLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body, bytes (413 above).
+    #[arg(long, env = "NOTELLM_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
+    pub body_limit_bytes: usize,
+    /// Per-request time limit, seconds (504 above).
+    #[arg(long, env = "NOTELLM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Requests handled at once; more are shed with 503 and Retry-After.
+    #[arg(long, env = "NOTELLM_CONCURRENCY_LIMIT", default_value_t = 1024)]
+    pub concurrency_limit: usize,
+    /// k of /related when the query does not say.
+    #[arg(long, env = "NOTELLM_DEFAULT_K", default_value_t = 20)]
+    pub default_k: usize,
+}
+
+impl ServeArgs {
+    pub fn http_config(&self) -> crate::api::HttpConfig {
+        crate::api::HttpConfig {
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            body_limit_bytes: self.body_limit_bytes,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
+            concurrency_limit: self.concurrency_limit,
+            default_k: self.default_k,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Notes JSONL file (`{"note_id","title","content","hashtags","category"}` per line).
+    #[arg(env = "NOTELLM_INGEST_FILE")]
+    pub file: PathBuf,
+    /// Notes per store transaction.
+    #[arg(long, env = "NOTELLM_INGEST_CHUNK", default_value_t = 256)]
+    pub chunk: usize,
+    #[arg(long, env = "NOTELLM_ON_ERROR", value_enum, default_value_t = OnError::Reject)]
+    pub on_error: OnError,
 }
 
 #[derive(Debug, Args)]
@@ -153,7 +309,7 @@ mod tests {
         fn walk(cmd: &clap::Command, path: &str) {
             for a in cmd.get_arguments() {
                 let id = a.get_id().as_str();
-                if matches!(id, "help" | "version") || a.is_positional() {
+                if matches!(id, "help" | "version") {
                     continue;
                 }
                 let env = a.get_env().map(|e| e.to_string_lossy().into_owned());

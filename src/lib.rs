@@ -1,8 +1,9 @@
 //! notellm: NoteLLM related-note recommendation.
 //!
 //! Layers, top to bottom (dependencies point downwards only):
-//! `api` -> `batcher` / `index` / `store` -> `model` -> `prompt` / `note`.
+//! `api` -> `service` -> `batcher` / `index` / `store` -> `model` -> `prompt` / `note`.
 
+pub mod api;
 pub mod batcher;
 pub mod commands;
 pub mod config;
@@ -13,4 +14,6 @@ pub mod model;
 pub mod note;
 pub mod progress;
 pub mod prompt;
+pub mod server;
+pub mod service;
 pub mod store;

@@ -9,6 +9,7 @@ use notellm::config::{Cli, Command, LogFormat, ModelArgs, ModelCommand};
 use notellm::model::init::{init_model, InitOptions};
 use notellm::model::{GenerateOptions, NoteLlm};
 use notellm::note::Note;
+use notellm::server;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -37,8 +38,46 @@ fn load(args: &ModelArgs) -> Result<NoteLlm> {
     NoteLlm::load(&args.model, &device).with_context(|| format!("loading model {}", args.model.display()))
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(a) => runtime()?.block_on(async {
+            let cfg = a.pipeline.service_config();
+            let listener = server::bind(a.listen).await?;
+            let app = server::build(&cfg).await?;
+            server::run(app, a.http_config(), listener, cfg.snapshot_interval, server::shutdown_signal()).await
+        })?,
+        Command::Ingest(a) => runtime()?.block_on(async {
+            let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+            let total = std::io::BufRead::lines(std::io::BufReader::new(&file)).count() as u64;
+            let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
+            let app = server::build(&a.pipeline.service_config()).await?;
+            app.restore().await?;
+            let progress = notellm::progress::bar("ingesting", total);
+            let report =
+                notellm::commands::ingest::run(&app, std::io::BufReader::new(file), a.chunk, a.on_error, &progress).await?;
+            progress.finish_and_clear();
+            app.store.close().await;
+            eprintln!(
+                "ingested {}: {} created, {} updated, {} unchanged, {} malformed lines skipped",
+                a.file.display(),
+                report.created,
+                report.updated,
+                report.unchanged,
+                report.skipped_lines
+            );
+            anyhow::Ok(())
+        })?,
+        Command::Migrate(a) => runtime()?.block_on(async {
+            std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+            let url = a.database_url();
+            let report = notellm::store::migrate(url.as_deref(), &a.data_dir, &Default::default()).await?;
+            eprintln!("migrations: {report:?}");
+            anyhow::Ok(())
+        })?,
         Command::Embed(a) => {
             let model = load(&a.model)?;
             let progress = notellm::progress::counter("embedding");

@@ -2,3 +2,4 @@
 //! they are testable without a process.
 
 pub mod embed;
+pub mod ingest;

@@ -1,0 +1,26 @@
+//! `/healthz` (alive), `/readyz` (model thread, index restored, store reachable) and `/metrics`.
+//! None of them queue behind inference.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match s.app.readiness().await {
+        Ok(()) => Ok(Json(json!({ "status": "ready", "model_version": s.app.model_version(), "notes": s.app.index().len() }))),
+        Err(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)),
+    }
+}
+
+pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    s.app.refresh_snapshot_age();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.app.metrics.render())
+}

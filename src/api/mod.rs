@@ -1,0 +1,223 @@
+//! The HTTP API (axum): routes, extractors that validate input and turn every rejection into
+//! the one JSON error shape, write authentication, request metrics, and the tower stack
+//! (request id, tracing, timeout, body limit, compression, concurrency limit with load shedding).
+//!
+//! Follow a request from [`router`] to a handler in `notes`, `related`, `suggest` or `health`,
+//! and from there into [`crate::service::App`].
+
+mod error;
+mod health;
+mod notes;
+pub mod openapi;
+mod related;
+mod suggest;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{BoxError, Router};
+use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::service::App;
+
+/// Transport settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub api_key: Option<String>,
+    pub body_limit_bytes: usize,
+    pub request_timeout: Duration,
+    pub concurrency_limit: usize,
+    pub default_k: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            body_limit_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 1024,
+            default_k: 20,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    pub http: Arc<HttpConfig>,
+}
+
+/// The full service: routes plus the tower stack.
+pub fn router(app: Arc<App>, http: HttpConfig) -> Router {
+    let state = AppState { app, http: Arc::new(http.clone()) };
+    let routes = Router::new()
+        .route("/notes/{note_id}", put(notes::put_note).get(notes::get_note).delete(notes::delete_note))
+        .route("/notes:batch", post(notes::put_batch))
+        .route("/related/{note_id}", get(related::related))
+        .route("/related", post(related::related_draft))
+        .route("/suggest-tags", post(suggest::suggest_tags))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .with_state(state);
+    let overload = ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(handle_overload))
+        .load_shed()
+        .concurrency_limit(http.concurrency_limit.max(1))
+        .timeout(http.request_timeout);
+    routes
+        .layer(overload)
+        .layer(CompressionLayer::new())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(SequentialId::new()))
+}
+
+async fn handle_overload(e: BoxError) -> ApiError {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, "timeout", "the request took too long")
+    } else if e.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::overloaded("too many requests in flight")
+    } else {
+        tracing::error!(error = %e, "middleware error");
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+/// Request ids: a per-process random prefix and a counter (unique, cheap, sortable in logs).
+#[derive(Clone)]
+struct SequentialId {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl SequentialId {
+    fn new() -> Self {
+        let prefix = format!("{:08x}", rand::random::<u32>());
+        Self { prefix: prefix.into(), next: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+impl MakeRequestId for SequentialId {
+    fn make_request_id<B>(&mut self, _req: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix)).ok().map(RequestId::new)
+    }
+}
+
+/// `notellm_http_requests_total` and `notellm_http_request_duration_seconds` by matched route.
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.app.metrics;
+    m.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[&route, &method, resp.status().as_str()]).inc();
+    resp
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// `Query<T>` whose rejections are [`ApiError`]s.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(v) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(v))
+    }
+}
+
+/// Guard for writes: when an API key is configured, the request must carry it as a bearer token.
+pub struct WriteAuth;
+
+impl FromRequestParts<AppState> for WriteAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Some(key) = state.http.api_key.as_deref() else { return Ok(WriteAuth) };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            Ok(WriteAuth)
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+}
+
+/// Compares without an early exit on the first differing byte (no timing oracle on the key).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= (x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+impl IntoResponse for crate::service::PutOutcome {
+    fn into_response(self) -> Response {
+        let status = match self.status {
+            crate::service::WriteStatus::Created => axum::http::StatusCode::CREATED,
+            _ => axum::http::StatusCode::OK,
+        };
+        (status, axum::Json(self)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"secretx", b"secret"));
+    }
+}

@@ -1,0 +1,148 @@
+//! `PUT/GET/DELETE /notes/{note_id}` and `POST /notes:batch`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiJson, AppState, WriteAuth};
+use crate::note::{Note, NoteId};
+use crate::service::ServiceLimits;
+
+/// A note as clients send it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub content: String,
+    #[serde(default)]
+    pub hashtags: Vec<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+pub fn parse_id(raw: &str) -> Result<NoteId, ApiError> {
+    NoteId::parse(raw).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_note_id", e.to_string()))
+}
+
+/// Checks a note's fields against the limits; the one place request notes are validated.
+pub fn validate(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
+    let chars = |s: &str| s.chars().count();
+    if chars(&body.title) > l.max_title_chars {
+        return Err(ApiError::invalid(format!("title is over {} characters", l.max_title_chars)));
+    }
+    if chars(&body.content) > l.max_content_chars {
+        return Err(ApiError::invalid(format!("content is over {} characters", l.max_content_chars)));
+    }
+    if body.hashtags.len() > l.max_hashtags {
+        return Err(ApiError::invalid(format!("more than {} hashtags", l.max_hashtags)));
+    }
+    if let Some(h) = body.hashtags.iter().find(|h| h.trim().is_empty() || chars(h) > l.max_hashtag_chars) {
+        return Err(ApiError::invalid(format!("hashtag {h:?} is empty or over {} characters", l.max_hashtag_chars)));
+    }
+    if let Some(c) = &body.category {
+        if c.trim().is_empty() || chars(c) > l.max_hashtag_chars {
+            return Err(ApiError::invalid(format!("category is empty or over {} characters", l.max_hashtag_chars)));
+        }
+    }
+    let note = Note { title: body.title, content: body.content, hashtags: body.hashtags, category: body.category };
+    note.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(note)
+}
+
+pub async fn put_note(
+    State(s): State<AppState>,
+    _auth: WriteAuth,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<NoteBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let note = validate(body, &s.app.limits)?;
+    Ok(s.app.put_note(id, note).await?.into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct NoteView {
+    note_id: NoteId,
+    title: String,
+    content: String,
+    hashtags: Vec<String>,
+    category: Option<String>,
+    model_version: crate::note::ModelVersion,
+    seq: i64,
+    updated_at_unix: u64,
+}
+
+pub async fn get_note(State(s): State<AppState>, Path(raw): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&raw)?;
+    let n = s.app.get_note(&id).await?;
+    let updated = n.updated_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let view = NoteView {
+        note_id: n.id,
+        title: n.note.title,
+        content: n.note.content,
+        hashtags: n.note.hashtags,
+        category: n.note.category,
+        model_version: n.model_version,
+        seq: n.seq,
+        updated_at_unix: updated,
+    };
+    Ok(Json(serde_json::to_value(view).map_err(|e| ApiError::invalid(e.to_string()))?))
+}
+
+pub async fn delete_note(State(s): State<AppState>, _auth: WriteAuth, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    s.app.delete_note(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    notes: Vec<BatchNote>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchNote {
+    note_id: String,
+    #[serde(flatten)]
+    body: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Per-note results in input order; a bad note does not fail the others.
+pub async fn put_batch(State(s): State<AppState>, _auth: WriteAuth, ApiJson(body): ApiJson<BatchBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let l = &s.app.limits;
+    if body.notes.is_empty() || body.notes.len() > l.max_notes_per_batch {
+        return Err(ApiError::invalid(format!("a batch holds 1 to {} notes, got {}", l.max_notes_per_batch, body.notes.len())));
+    }
+    let mut slots: Vec<Result<(NoteId, Note), (String, ApiError)>> = Vec::with_capacity(body.notes.len());
+    for n in body.notes {
+        let parsed = parse_id(&n.note_id).and_then(|id| {
+            let b: NoteBody = serde_json::from_value(serde_json::Value::Object(n.body)).map_err(|e| ApiError::invalid(e.to_string()))?;
+            Ok((id, validate(b, l)?))
+        });
+        slots.push(parsed.map_err(|e| (n.note_id, e)));
+    }
+    let good: Vec<(NoteId, Note)> = slots.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let mut done = s.app.put_notes(good).await?.into_iter();
+    let results: Vec<serde_json::Value> = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Ok((id, _)) => match done.next() {
+                Some(Ok(o)) => serde_json::to_value(o).unwrap_or_default(),
+                Some(Err(e)) => error_entry(id.as_str(), e.into()),
+                None => error_entry(id.as_str(), ApiError::invalid("not processed")),
+            },
+            Err((raw, e)) => error_entry(&raw, e),
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+fn error_entry(id: &str, e: ApiError) -> serde_json::Value {
+    json!({ "note_id": id, "status": "error", "error": { "code": e.code, "message": e.message } })
+}

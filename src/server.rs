@@ -1,0 +1,167 @@
+//! Assembling and running the service: store (migrations applied), model, batcher, index, HTTP.
+//!
+//! The listener opens before the index is restored, so `/healthz` answers during a long restore
+//! while `/readyz` says 503. Shutdown (SIGINT/SIGTERM or the caller's signal): stop accepting,
+//! drain in-flight requests, write the index snapshot, close the store's pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, HttpConfig};
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::index::{IndexConfig, NoteIndex};
+use crate::metrics::Metrics;
+use crate::model::{DeviceSpec, NoteLlm};
+use crate::service::{App, AppError, ServiceLimits};
+use crate::store::{Store, StoreError};
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub model_dir: PathBuf,
+    pub device: DeviceSpec,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub batcher: BatcherConfig,
+    pub limits: ServiceLimits,
+    /// HNSW parameters; `dim` is taken from the model.
+    pub hnsw_m: usize,
+    pub hnsw_ef_construction: usize,
+    pub hnsw_ef_search: usize,
+    pub rebuild_tombstone_share: f64,
+    pub snapshot_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("index: {0}")]
+    Index(#[from] crate::index::IndexError),
+    #[error("{0}")]
+    App(#[from] AppError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Snapshots live per model version: vectors of two models never share an index.
+pub fn snapshot_dir(data_dir: &Path, model_version: &str) -> PathBuf {
+    let safe: String =
+        model_version.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    data_dir.join("index").join(safe)
+}
+
+/// Connects the store, loads the model, starts the batcher; the index is empty until
+/// [`App::restore`].
+pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
+    let store = Store::connect(database_url.as_deref(), &cfg.data_dir).await?;
+    tracing::info!(backend = store.backend(), "store connected, migrations applied");
+    let device = cfg.device.open()?;
+    let dir = cfg.model_dir.clone();
+    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
+        .await
+        .map_err(|e| AppError::Internal(format!("model load task: {e}")))??;
+    let model = Arc::new(model);
+    let metrics = Metrics::new()?;
+    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &model.version().0, store.backend()]).set(1.0);
+    let index_cfg = IndexConfig {
+        m: cfg.hnsw_m,
+        ef_construction: cfg.hnsw_ef_construction,
+        ef_search: cfg.hnsw_ef_search,
+        rebuild_tombstone_share: cfg.rebuild_tombstone_share,
+        ..IndexConfig::new(model.embedding_dim())
+    };
+    let index = NoteIndex::new(index_cfg)?;
+    let snapshots = snapshot_dir(&cfg.data_dir, &model.version().0);
+    let batcher = Arc::new(Batcher::spawn(model, cfg.batcher.clone(), metrics.clone())?);
+    Ok(Arc::new(App::new(store, index, batcher, metrics, cfg.limits.clone(), snapshots)))
+}
+
+/// Runs the HTTP service on `listener` until `shutdown` resolves.
+pub async fn run(
+    app: Arc<App>,
+    http: HttpConfig,
+    listener: tokio::net::TcpListener,
+    snapshot_interval: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let restoring = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.restore().await {
+                tracing::error!(error = %e, "index restore failed; the service stays unready");
+            }
+        })
+    };
+    let snapshots = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(snapshot_interval.max(Duration::from_secs(1)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.snapshot().await {
+                    tracing::error!(error = %e, "periodic snapshot failed");
+                }
+            }
+        })
+    };
+    let router = api::router(app.clone(), http);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("stopped accepting; in-flight requests drained");
+    snapshots.abort();
+    restoring.abort();
+    match app.snapshot().await {
+        Ok(true) => tracing::info!("final snapshot written"),
+        Ok(false) => tracing::info!("index unchanged since the last snapshot"),
+        Err(e) => tracing::error!(error = %e, "final snapshot failed; the next start replays from the store"),
+    }
+    app.store.close().await;
+    Ok(())
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

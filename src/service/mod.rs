@@ -1,0 +1,403 @@
+//! The service core: every operation the HTTP layer offers, over the store (source of truth),
+//! the HNSW index (a cache of it) and the micro-batcher (the model). `api/` is a thin transport
+//! over this.
+//!
+//! Write ordering. A write embeds first (outside any lock), then, holding its note's stripe lock
+//! and the shared side of the snapshot gate, commits to the store and updates the index. Two
+//! writes of one note therefore reach store and index in the same order, and a snapshot (which
+//! takes the exclusive side of the gate) sees an index that holds exactly the store's changes up
+//! to the seq it is tagged with.
+
+mod error;
+mod restore;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Mutex as AsyncMutex, RwLock};
+
+pub use error::AppError;
+
+use crate::batcher::Batcher;
+use crate::index::{Hit, NoteIndex};
+use crate::metrics::Metrics;
+use crate::model::Suggestion;
+use crate::note::{Embedding, ModelVersion, Note, NoteId};
+use crate::store::{content_hash, NoteWrite, Store, StoredNote};
+
+const STRIPES: usize = 64;
+
+/// Limits on what clients may send (validated in `api/`, enforced here too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLimits {
+    pub max_k: usize,
+    pub max_notes_per_batch: usize,
+    pub max_title_chars: usize,
+    pub max_content_chars: usize,
+    pub max_hashtags: usize,
+    pub max_hashtag_chars: usize,
+    pub max_suggest_hashtags: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            max_k: 1000,
+            max_notes_per_batch: 256,
+            max_title_chars: 1_000,
+            max_content_chars: 20_000,
+            max_hashtags: 50,
+            max_hashtag_chars: 100,
+            max_suggest_hashtags: 10,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStatus {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PutOutcome {
+    pub note_id: NoteId,
+    pub status: WriteStatus,
+    /// The store's change sequence of this write (absent when unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub model_version: ModelVersion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelatedNote {
+    pub note_id: NoteId,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Related {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note_id: Option<NoteId>,
+    pub model_version: ModelVersion,
+    pub related: Vec<RelatedNote>,
+}
+
+pub struct App {
+    pub store: Store,
+    /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
+    index: std::sync::RwLock<Arc<NoteIndex>>,
+    pub batcher: Arc<Batcher>,
+    pub metrics: Metrics,
+    pub limits: ServiceLimits,
+    model_version: ModelVersion,
+    gate: RwLock<()>,
+    stripes: Vec<AsyncMutex<()>>,
+    ready: AtomicBool,
+    snapshot_dir: PathBuf,
+    /// When the index last matched a snapshot on disk (written or loaded).
+    snapshot_at: Mutex<Option<SystemTime>>,
+    /// Whether the index changed since that snapshot.
+    dirty: AtomicBool,
+    rebuilding: Arc<AtomicBool>,
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        index: NoteIndex,
+        batcher: Arc<Batcher>,
+        metrics: Metrics,
+        limits: ServiceLimits,
+        snapshot_dir: PathBuf,
+    ) -> Self {
+        let model_version = batcher.model().version().clone();
+        Self {
+            store,
+            index: std::sync::RwLock::new(Arc::new(index)),
+            batcher,
+            metrics,
+            limits,
+            model_version,
+            gate: RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
+            ready: AtomicBool::new(false),
+            snapshot_dir,
+            snapshot_at: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            rebuilding: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The index currently serving.
+    pub fn index(&self) -> Arc<NoteIndex> {
+        match self.index.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_index(&self, index: NoteIndex) {
+        match self.index.write() {
+            Ok(mut g) => *g = Arc::new(index),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(index),
+        }
+    }
+
+    pub fn model_version(&self) -> &ModelVersion {
+        &self.model_version
+    }
+
+    /// The index is restored and writes are accepted.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn require_ready(&self) -> Result<(), AppError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(AppError::Unavailable("the index is being restored".into()))
+        }
+    }
+
+    fn stripe(&self, id: &NoteId) -> usize {
+        // FNV-1a: stable and cheap; only spreads ids over the stripes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.as_str().bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % STRIPES as u64) as usize
+    }
+
+    fn store_err(&self, op: &str, e: crate::store::StoreError) -> AppError {
+        self.metrics.store_errors.with_label_values(&[op]).inc();
+        tracing::error!(op, error = %e, "store operation failed");
+        AppError::Store(e)
+    }
+
+    fn update_index_gauges(&self) {
+        let index = self.index();
+        self.metrics.notes_indexed.set(index.len() as i64);
+        self.metrics.index_tombstones.set(index.tombstones() as i64);
+    }
+
+    /// Embeds, stores and indexes one note; a re-PUT of unchanged content is a no-op.
+    pub async fn put_note(&self, id: NoteId, note: Note) -> Result<PutOutcome, AppError> {
+        self.require_ready()?;
+        let hash = content_hash(&note);
+        let previous = self.store.content_hash(&id).await.map_err(|e| self.store_err("get", e))?;
+        if previous.as_deref() == Some(hash.as_str()) && self.index().contains(&id) {
+            return Ok(PutOutcome { note_id: id, status: WriteStatus::Unchanged, seq: None, model_version: self.model_version.clone() });
+        }
+        let embedding = self.batcher.embed(&note).await?;
+        let _gate = self.gate.read().await;
+        let _stripe = self.stripes[self.stripe(&id)].lock().await;
+        let seq = self
+            .store
+            .put_note(&id, &note, &hash, &embedding, &self.model_version)
+            .await
+            .map_err(|e| self.store_err("put", e))?;
+        self.index().upsert(&id, &embedding)?;
+        self.after_write();
+        let status = if previous.is_some() { WriteStatus::Updated } else { WriteStatus::Created };
+        Ok(PutOutcome { note_id: id, status, seq: Some(seq), model_version: self.model_version.clone() })
+    }
+
+    /// Several notes: embedded together, stored in one transaction, then indexed. One result per
+    /// input, in order; a note that fails to embed does not stop the others.
+    pub async fn put_notes(&self, items: Vec<(NoteId, Note)>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
+        self.require_ready()?;
+        let mut results: Vec<Option<Result<PutOutcome, AppError>>> = (0..items.len()).map(|_| None).collect();
+        let mut hashes = Vec::with_capacity(items.len());
+        let mut previous = Vec::with_capacity(items.len());
+        let mut to_embed = Vec::new();
+        for (i, (id, note)) in items.iter().enumerate() {
+            let hash = content_hash(note);
+            let prev = self.store.content_hash(id).await.map_err(|e| self.store_err("get", e))?;
+            if prev.as_deref() == Some(hash.as_str()) && self.index().contains(id) {
+                results[i] = Some(Ok(PutOutcome {
+                    note_id: id.clone(),
+                    status: WriteStatus::Unchanged,
+                    seq: None,
+                    model_version: self.model_version.clone(),
+                }));
+            } else {
+                to_embed.push(i);
+            }
+            hashes.push(hash);
+            previous.push(prev);
+        }
+        let notes: Vec<Note> = to_embed.iter().map(|&i| items[i].1.clone()).collect();
+        let embedded = self.batcher.embed_many(&notes).await;
+        let mut ok: Vec<(usize, Embedding)> = Vec::new();
+        for (&i, r) in to_embed.iter().zip(embedded) {
+            match r {
+                Ok(e) => ok.push((i, e)),
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        if !ok.is_empty() {
+            let _gate = self.gate.read().await;
+            let mut stripes: Vec<usize> = ok.iter().map(|(i, _)| self.stripe(&items[*i].0)).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(self.stripes[s].lock().await);
+            }
+            let writes: Vec<NoteWrite<'_>> = ok
+                .iter()
+                .map(|(i, e)| NoteWrite {
+                    id: &items[*i].0,
+                    note: &items[*i].1,
+                    content_hash: &hashes[*i],
+                    embedding: e,
+                    model_version: &self.model_version,
+                })
+                .collect();
+            let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
+            let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
+            self.index().upsert_batch(&batch)?;
+            drop(guards);
+            for ((i, _), seq) in ok.iter().zip(seqs) {
+                let status = if previous[*i].is_some() { WriteStatus::Updated } else { WriteStatus::Created };
+                results[*i] = Some(Ok(PutOutcome {
+                    note_id: items[*i].0.clone(),
+                    status,
+                    seq: Some(seq),
+                    model_version: self.model_version.clone(),
+                }));
+            }
+            self.after_write();
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into())))).collect())
+    }
+
+    pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
+        self.store.get_note(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)
+    }
+
+    /// Deletes a note from the store and, at once, from every later `/related` answer.
+    pub async fn delete_note(&self, id: &NoteId) -> Result<i64, AppError> {
+        self.require_ready()?;
+        let _gate = self.gate.read().await;
+        let _stripe = self.stripes[self.stripe(id)].lock().await;
+        let seq = self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or(AppError::NotFound)?;
+        self.index().remove(id);
+        self.after_write();
+        Ok(seq)
+    }
+
+    /// Top-k notes related to a stored note, never itself or a deleted note.
+    pub async fn related(&self, id: &NoteId, k: usize) -> Result<Related, AppError> {
+        self.require_ready()?;
+        let (query, version) =
+            self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
+        if version != self.model_version {
+            return Err(AppError::Conflict(format!(
+                "note {id} was embedded by model {version}, this service serves {}; run `notellm reindex`",
+                self.model_version
+            )));
+        }
+        let hits = self.index().search(&query, k, Some(id))?;
+        Ok(self.related_answer(Some(id.clone()), hits))
+    }
+
+    /// Related notes for an unsaved draft (cold start); nothing is stored.
+    pub async fn related_draft(&self, note: &Note, k: usize) -> Result<Related, AppError> {
+        self.require_ready()?;
+        let e = self.batcher.embed(note).await?;
+        let hits = self.index().search(&e, k, None)?;
+        Ok(self.related_answer(None, hits))
+    }
+
+    fn related_answer(&self, id: Option<NoteId>, hits: Vec<Hit>) -> Related {
+        Related {
+            note_id: id,
+            model_version: self.model_version.clone(),
+            related: hits.into_iter().map(|h| RelatedNote { note_id: h.id, score: h.score }).collect(),
+        }
+    }
+
+    pub async fn suggest(&self, note: Note, max_hashtags: usize) -> Result<Suggestion, AppError> {
+        Ok(self.batcher.suggest(note, max_hashtags).await?)
+    }
+
+    /// Readiness: the model thread runs, the index is restored and the store answers.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.batcher.is_alive() {
+            return Err("the inference worker has stopped".into());
+        }
+        if !self.is_ready() {
+            return Err("the index is being restored".into());
+        }
+        self.store.ping().await.map_err(|e| {
+            self.metrics.store_errors.with_label_values(&["ping"]).inc();
+            format!("store unreachable: {e}")
+        })
+    }
+
+    fn after_write(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.update_index_gauges();
+        if self.index().needs_rebuild() && !self.rebuilding.swap(true, Ordering::SeqCst) {
+            let (index, flag, metrics) = (self.index(), self.rebuilding.clone(), self.metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let tombstones = index.tombstones();
+                if index.rebuild() {
+                    metrics.index_rebuilds.inc();
+                    tracing::info!(tombstones, live = index.len(), secs = started.elapsed().as_secs_f64(), "index rebuilt");
+                }
+                metrics.notes_indexed.set(index.len() as i64);
+                metrics.index_tombstones.set(index.tombstones() as i64);
+                flag.store(false, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Writes a snapshot of the index tagged with the store's seq, if anything changed since
+    /// the last one. Writes pause for its duration (the gate), so the tag is exact.
+    pub async fn snapshot(&self) -> Result<bool, AppError> {
+        if !self.is_ready() || !self.dirty.load(Ordering::SeqCst) {
+            self.refresh_snapshot_age();
+            return Ok(false);
+        }
+        let _gate = self.gate.write().await;
+        let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        let (index, dir) = (self.index(), self.snapshot_dir.clone());
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || index.save_snapshot(&dir, seq))
+            .await
+            .map_err(|e| AppError::Internal(format!("snapshot task: {e}")))??;
+        self.dirty.store(false, Ordering::SeqCst);
+        self.mark_snapshot();
+        tracing::info!(seq, notes = self.index().len(), secs = started.elapsed().as_secs_f64(), "index snapshot written");
+        Ok(true)
+    }
+
+    fn mark_snapshot(&self) {
+        if let Ok(mut t) = self.snapshot_at.lock() {
+            *t = Some(SystemTime::now());
+        }
+        self.refresh_snapshot_age();
+    }
+
+    /// Updates `notellm_snapshot_age_seconds`: 0 while the index equals its last snapshot (or
+    /// the store it was restored from), else seconds since it did. Called before every scrape.
+    pub fn refresh_snapshot_age(&self) {
+        let since = self.snapshot_at.lock().ok().and_then(|t| *t).and_then(|t| t.elapsed().ok());
+        let age = match since {
+            Some(d) if self.dirty.load(Ordering::SeqCst) => d.as_secs_f64(),
+            _ => 0.0,
+        };
+        self.metrics.snapshot_age.set(age);
+    }
+}
