@@ -72,6 +72,9 @@ pub struct StoreArgs {
     /// the DATABASE_URL variable.
     #[arg(long, env = "NOTELLM_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Postgres schema to use (created if missing), so several deployments can share a database.
+    #[arg(long, env = "NOTELLM_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
 }
 
 impl StoreArgs {
@@ -138,6 +141,7 @@ impl PipelineArgs {
             device: self.model.device,
             data_dir: self.store.data_dir.clone(),
             database_url: self.store.database_url(),
+            database_schema: self.store.database_schema.clone(),
             batcher: crate::batcher::BatcherConfig {
                 max_batch_notes: self.max_batch_notes,
                 max_batch_tokens: self.max_batch_tokens,

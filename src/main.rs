@@ -58,7 +58,8 @@ fn run(cli: Cli) -> Result<()> {
             app.restore().await?;
             let progress = notellm::progress::bar("ingesting", total);
             let report =
-                notellm::commands::ingest::run(&app, std::io::BufReader::new(file), a.chunk, a.on_error, &progress).await?;
+                notellm::commands::ingest::run(&app, std::io::BufReader::new(file), a.chunk, a.on_error, &progress)
+                    .await?;
             progress.finish_and_clear();
             app.store.close().await;
             eprintln!(
@@ -74,7 +75,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Migrate(a) => runtime()?.block_on(async {
             std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
             let url = a.database_url();
-            let report = notellm::store::migrate(url.as_deref(), &a.data_dir, &Default::default()).await?;
+            let opts = notellm::store::StoreOptions { schema: a.database_schema.clone(), ..Default::default() };
+            let report = notellm::store::migrate(url.as_deref(), &a.data_dir, &opts).await?;
             eprintln!("migrations: {report:?}");
             anyhow::Ok(())
         })?,

@@ -16,7 +16,7 @@ use crate::index::{IndexConfig, NoteIndex};
 use crate::metrics::Metrics;
 use crate::model::{DeviceSpec, NoteLlm};
 use crate::service::{App, AppError, ServiceLimits};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreOptions};
 
 /// Everything the service needs to start.
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct ServiceConfig {
     pub device: DeviceSpec,
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
+    /// Postgres schema (created if missing).
+    pub database_schema: Option<String>,
     pub batcher: BatcherConfig,
     pub limits: ServiceLimits,
     /// HNSW parameters; `dim` is taken from the model.
@@ -38,7 +40,11 @@ pub struct ServiceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("data directory {}: {source}", path.display())]
-    DataDir { path: PathBuf, #[source] source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("model: {0}")]
@@ -50,7 +56,11 @@ pub enum ServerError {
     #[error("{0}")]
     App(#[from] AppError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, #[source] source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -65,9 +75,11 @@ pub fn snapshot_dir(data_dir: &Path, model_version: &str) -> PathBuf {
 /// Connects the store, loads the model, starts the batcher; the index is empty until
 /// [`App::restore`].
 pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
     let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
-    let store = Store::connect(database_url.as_deref(), &cfg.data_dir).await?;
+    let opts = StoreOptions { schema: cfg.database_schema.clone(), ..Default::default() };
+    let store = Store::connect_with(database_url.as_deref(), &cfg.data_dir, &opts).await?;
     tracing::info!(backend = store.backend(), "store connected, migrations applied");
     let device = cfg.device.open()?;
     let dir = cfg.model_dir.clone();

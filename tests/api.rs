@@ -1,0 +1,437 @@
+//! The service over real HTTP, against SQLite and against Postgres: every endpoint, every error
+//! shape, write authentication, overload answers, and micro-batching seen through /metrics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notellm::api::HttpConfig;
+use notellm::batcher::BatcherConfig;
+use notellm::model::config::Family;
+use notellm::model::DeviceSpec;
+use notellm::server::{self, ServiceConfig};
+use notellm::service::ServiceLimits;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+#[derive(Clone)]
+struct Backend {
+    url: Option<String>,
+    schema: Option<String>,
+}
+
+async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut HttpConfig)) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = common::tiny_model(dir.path(), "m", Family::Llama, 1);
+    let mut cfg = ServiceConfig {
+        model_dir,
+        device: DeviceSpec::Cpu,
+        data_dir: dir.path().join("data"),
+        database_url: backend.url.clone(),
+        database_schema: backend.schema.clone(),
+        batcher: BatcherConfig { max_wait: Duration::from_millis(5), ..Default::default() },
+        limits: ServiceLimits { max_k: 50, max_notes_per_batch: 8, ..Default::default() },
+        hnsw_m: 16,
+        hnsw_ef_construction: 100,
+        hnsw_ef_search: 64,
+        rebuild_tombstone_share: 0.2,
+        snapshot_interval: Duration::from_secs(3600),
+    };
+    let mut http = HttpConfig { body_limit_bytes: 64 * 1024, ..Default::default() };
+    tweak(&mut cfg, &mut http);
+    let app = server::build(&cfg).await.unwrap();
+    let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server::run(app, http, listener, Duration::from_secs(3600), async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    let s = Server { base, http: reqwest::Client::new(), stop: Some(tx), task, _dir: dir };
+    for _ in 0..200 {
+        if let Ok(r) = s.http.get(s.url("/readyz")).send().await {
+            if r.status() == StatusCode::OK {
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server never became ready");
+}
+
+async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text:?}")))
+}
+
+fn assert_error(v: &Value, code: &str) {
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+fn note_json(i: usize) -> Value {
+    let (_, n) = &common::notes(i + 1, 77)[i];
+    json!({ "title": n.title, "content": n.content, "hashtags": n.hashtags, "category": n.category })
+}
+
+async fn put(s: &Server, id: &str, body: &Value) -> (StatusCode, Value) {
+    json_of(s.http.put(s.url(&format!("/notes/{id}"))).json(body).send().await.unwrap()).await
+}
+
+async fn endpoints(backend: Backend) {
+    let s = start(&backend, |_, _| {}).await;
+    let (st, v) = json_of(s.http.get(s.url("/healthz")).send().await.unwrap()).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+
+    // create, unchanged, updated
+    for i in 0..12 {
+        let (st, v) = put(&s, &format!("n{i}"), &note_json(i)).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        assert_eq!(v["status"], "created");
+        assert!(v["seq"].as_i64().unwrap() > 0);
+    }
+    let (st, v) = put(&s, "n0", &note_json(0)).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("unchanged")));
+    let mut changed = note_json(0);
+    changed["title"] = "completely different title".into();
+    let (st, v) = put(&s, "n0", &changed).await;
+    assert_eq!((st, v["status"].as_str()), (StatusCode::OK, Some("updated")));
+
+    // read back
+    let (st, v) = json_of(s.http.get(s.url("/notes/n0")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["title"], "completely different title");
+    assert!(v["model_version"].as_str().is_some());
+
+    // related: k results, never itself, scores sorted
+    let (st, v) = json_of(s.http.get(s.url("/related/n1?k=5")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let rel = v["related"].as_array().unwrap();
+    assert_eq!(rel.len(), 5);
+    assert!(rel.iter().all(|r| r["note_id"] != "n1"));
+    let scores: Vec<f64> = rel.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let (_, v) = json_of(s.http.get(s.url("/related/n1")).send().await.unwrap()).await;
+    assert_eq!(v["related"].as_array().unwrap().len(), 11, "default k=20 capped by the 11 other notes");
+
+    // delete: gone from GET and from every later /related at once
+    let r = s.http.delete(s.url("/notes/n2")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (st, v) = json_of(s.http.get(s.url("/notes/n2")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+    for id in ["n1", "n3", "n4"] {
+        let (_, v) = json_of(s.http.get(s.url(&format!("/related/{id}?k=50"))).send().await.unwrap()).await;
+        assert!(v["related"].as_array().unwrap().iter().all(|r| r["note_id"] != "n2"), "{v}");
+    }
+    let (st, v) = json_of(s.http.delete(s.url("/notes/n2")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_error(&v, "not_found");
+
+    // draft related (nothing stored) and suggest-tags
+    let (st, v) = json_of(
+        s.http
+            .post(s.url("/related"))
+            .json(&json!({"title": "beach sunset", "content": "hotel island", "k": 3}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["related"].as_array().unwrap().len(), 3);
+    assert!(v.get("note_id").is_none());
+    let (st, v) = json_of(
+        s.http
+            .post(s.url("/suggest-tags"))
+            .json(&json!({"title": "yoga", "content": "morning stretch", "max_hashtags": 2}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["hashtags"].as_array().unwrap().len() <= 2);
+    assert!(["travel", "food", "tech", "fashion", "fitness", "home"].contains(&v["category"].as_str().unwrap()));
+
+    // batch: per-note results in input order, bad notes reported, good ones stored
+    let body = json!({ "notes": [
+        { "note_id": "b1", "title": "a note", "content": "with text" },
+        { "note_id": "bad id!", "title": "x" },
+        { "note_id": "b2", "title": "" },
+        { "note_id": "n3", "title": "replaced", "content": "new text" },
+    ]});
+    let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&body).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(res.len(), 4);
+    assert_eq!(res[0]["status"], "created");
+    assert_eq!((res[1]["status"].as_str(), res[1]["error"]["code"].as_str()), (Some("error"), Some("invalid_note_id")));
+    assert_eq!((res[2]["status"].as_str(), res[2]["error"]["code"].as_str()), (Some("error"), Some("invalid_request")));
+    assert_eq!(res[3]["status"], "updated");
+    let too_many =
+        json!({ "notes": (0..9).map(|i| json!({"note_id": format!("x{i}"), "title": "t"})).collect::<Vec<_>>() });
+    let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&too_many).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&v, "invalid_request");
+
+    // metrics
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("notellm_http_requests_total{method=\"PUT\",route=\"/notes/{note_id}\",status=\"201\"} 12"),
+        "{text}"
+    );
+    assert!(text.contains("notellm_notes_indexed 12"), "{text}");
+    assert!(text.contains("notellm_build_info"));
+
+    // OpenAPI
+    let (st, v) = json_of(s.http.get(s.url("/openapi.json")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(v["paths"]["/related/{note_id}"].is_object());
+    s.stop().await;
+}
+
+async fn errors(backend: Backend) {
+    let s = start(&backend, |_, _| {}).await;
+    put(&s, "a", &note_json(0)).await;
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (s.http.put(s.url("/notes/bad%20id")).json(&note_json(1)), StatusCode::UNPROCESSABLE_ENTITY, "invalid_note_id"),
+        (
+            s.http.put(s.url(&format!("/notes/{}", "x".repeat(129)))).json(&note_json(1)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_note_id",
+        ),
+        (s.http.get(s.url("/related/%C3%A9")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_note_id"),
+        (
+            s.http.put(s.url("/notes/b")).header("content-type", "application/json").body("{\"title\": "),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            s.http
+                .put(s.url("/notes/b"))
+                .header("content-type", "application/json")
+                .body(b"{\"title\": \"\xff\xfe\"}".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (s.http.put(s.url("/notes/b")).body("{}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (
+            s.http.put(s.url("/notes/b")).json(&json!({"title": " ", "content": ""})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            s.http.put(s.url("/notes/b")).json(&json!({"title": "t", "colour": "red"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (s.http.put(s.url("/notes/b")).json(&json!({"title": 5})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            s.http.put(s.url("/notes/b")).json(&json!({"title": "t".repeat(1001)})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            s.http.put(s.url("/notes/b")).json(&json!({"title": "t", "content": "c".repeat(70_000)})),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+        ),
+        (s.http.get(s.url("/related/a?k=0")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (s.http.get(s.url("/related/a?k=51")), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (s.http.get(s.url("/related/a?k=many")), StatusCode::BAD_REQUEST, "invalid_query"),
+        (s.http.get(s.url("/related/nope")), StatusCode::NOT_FOUND, "not_found"),
+        (s.http.get(s.url("/notes/nope")), StatusCode::NOT_FOUND, "not_found"),
+        (s.http.get(s.url("/no/such/route")), StatusCode::NOT_FOUND, "not_found"),
+        (s.http.post(s.url("/healthz")), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            s.http.post(s.url("/related")).json(&json!({"title": "t", "k": 0})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (s.http.post(s.url("/related")).json(&json!([1, 2])), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        (
+            s.http.post(s.url("/suggest-tags")).json(&json!({"title": "t", "max_hashtags": 0})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            s.http.post(s.url("/suggest-tags")).json(&json!({"title": "", "content": ""})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            s.http.post(s.url("/notes:batch")).json(&json!({"notes": []})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+    ];
+    for (i, (req, status, code)) in cases.into_iter().enumerate() {
+        let (st, v) = json_of(req.send().await.unwrap()).await;
+        assert_eq!(st, status, "case {i}: {v}");
+        assert_error(&v, code);
+    }
+    s.stop().await;
+}
+
+async fn auth(backend: Backend) {
+    let s = start(&backend, |_, h| h.api_key = Some("s3cret".into())).await;
+    let (st, v) = put(&s, "a", &note_json(0)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert_error(&v, "unauthorized");
+    let r = s.http.put(s.url("/notes/a")).bearer_auth("wrong").json(&note_json(0)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = s.http.put(s.url("/notes/a")).bearer_auth("s3cret").json(&note_json(0)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for req in [
+        s.http.delete(s.url("/notes/a")),
+        s.http.post(s.url("/notes:batch")).json(&json!({"notes": [{"note_id": "z", "title": "t"}]})),
+    ] {
+        assert_eq!(req.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    // reads need no key
+    assert_eq!(s.http.get(s.url("/related/a")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(s.http.get(s.url("/notes/a")).send().await.unwrap().status(), StatusCode::OK);
+    s.stop().await;
+}
+
+async fn overload_and_batching(backend: Backend) {
+    let s = Arc::new(
+        start(&backend, |c, _| {
+            c.batcher.gen_queue_capacity = 1;
+            c.batcher.gen_workers = 1;
+            c.batcher.max_wait = Duration::from_millis(20);
+        })
+        .await,
+    );
+    // 64 concurrent single-note PUTs share batches
+    let puts: Vec<_> = (0..64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { put(&s, &format!("c{i}"), &note_json(i % 40)).await.0 })
+        })
+        .collect();
+    for p in puts {
+        assert_eq!(p.await.unwrap(), StatusCode::CREATED);
+    }
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    let (count, sum) = (metric("notellm_batch_size_count"), metric("notellm_batch_size_sum"));
+    assert_eq!(sum, 64.0);
+    assert!(count < 64.0, "64 concurrent PUTs ran in {count} batches: no micro-batching");
+
+    // generation queue of 1: a burst gets 429 with Retry-After
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let r = s
+                    .http
+                    .post(s.url("/suggest-tags"))
+                    .json(&json!({"title": "gym", "content": "cardio"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r.headers().get("retry-after").map(|h| h.to_str().unwrap().to_owned());
+                let (st, v) = json_of(r).await;
+                (st, v, retry)
+            })
+        })
+        .collect();
+    let mut limited = 0;
+    for c in calls {
+        let (st, v, retry) = c.await.unwrap();
+        if st == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            assert_error(&v, "too_many_requests");
+            assert_eq!(retry.as_deref(), Some("1"));
+        } else {
+            assert_eq!(st, StatusCode::OK, "{v}");
+        }
+    }
+    assert!(limited > 0, "a burst of 10 against a queue of 1 should be refused in part");
+    Arc::into_inner(s).unwrap().stop().await;
+}
+
+fn sqlite() -> Backend {
+    Backend { url: None, schema: None }
+}
+
+/// A fresh Postgres schema, or `None` (skip) when no database is reachable outside CI.
+async fn postgres() -> Option<Backend> {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| v.starts_with("postgres")))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+    match sqlx::PgPool::connect(&url).await {
+        Ok(p) => p.close().await,
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but Postgres at {url} is unreachable: {e}"),
+        Err(e) => {
+            eprintln!("skipping Postgres API test: {e} (set TEST_DATABASE_URL)");
+            return None;
+        }
+    }
+    Some(Backend { url: Some(url), schema: Some(format!("nl_api_{:016x}", rand::random::<u64>())) })
+}
+
+async fn drop_schema(b: &Backend) {
+    if let (Some(url), Some(schema)) = (&b.url, &b.schema) {
+        if let Ok(p) = sqlx::PgPool::connect(url).await {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&p).await;
+            p.close().await;
+        }
+    }
+}
+
+macro_rules! both_backends {
+    ($($name:ident),*) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite()).await })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(b) = super::postgres().await else { return };
+                super::$name(b.clone()).await;
+                super::drop_schema(&b).await;
+            })*
+        }
+    };
+}
+
+both_backends!(endpoints, errors, auth, overload_and_batching);
