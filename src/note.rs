@@ -102,10 +102,15 @@ impl Embedding {
         Ok(Self(v))
     }
 
-    /// Wraps a vector that is already unit-norm (e.g. read back from the store), renormalising
-    /// away float drift.
+    /// Wraps a vector that is already unit-norm (e.g. read back from the store) bit for bit, so
+    /// a stored vector round-trips exactly; one that has drifted from unit norm is renormalised.
     pub fn from_unit(v: Vec<f32>) -> Result<Self, NoteError> {
-        Self::normalised(v)
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if !v.is_empty() && v.iter().all(|x| x.is_finite()) && (norm - 1.0).abs() <= 1e-4 {
+            Ok(Self(v))
+        } else {
+            Self::normalised(v)
+        }
     }
 
     pub fn dim(&self) -> usize {
@@ -158,6 +163,15 @@ mod tests {
         assert_eq!(Note::default().validate(), Err(NoteError::Empty));
         let n = Note { title: "t".into(), ..Default::default() };
         assert!(n.validate().is_ok());
+    }
+
+    #[test]
+    fn unit_vectors_round_trip_exactly() {
+        let e = Embedding::normalised(vec![0.3, -0.7, 0.2, 0.9]).unwrap();
+        let back = Embedding::from_unit(e.as_slice().to_vec()).unwrap();
+        assert_eq!(back.as_slice(), e.as_slice());
+        assert!((Embedding::from_unit(vec![2.0, 0.0]).unwrap().as_slice()[0] - 1.0).abs() < 1e-6);
+        assert!(Embedding::from_unit(vec![f32::INFINITY, 0.0]).is_err());
     }
 
     #[test]
