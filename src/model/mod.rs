@@ -11,7 +11,9 @@ pub mod decoder;
 pub mod device;
 pub mod embed;
 pub mod error;
+pub mod fetch;
 pub mod generate;
+pub mod import;
 pub mod init;
 pub mod tokenizer;
 
@@ -111,7 +113,11 @@ impl NoteLlm {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits { title: self.cfg.max_title_tokens, content: self.cfg.max_content_tokens, topic: self.cfg.max_topic_tokens }
+        Limits {
+            title: self.cfg.max_title_tokens,
+            content: self.cfg.max_content_tokens,
+            topic: self.cfg.max_topic_tokens,
+        }
     }
 
     /// Turns prefix reuse off (or back on); embeddings are the same either way.
