@@ -32,7 +32,11 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid `Authorization: Bearer <api key>` header is required for writes")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <api key>` header is required for writes",
+        )
     }
 
     fn retry(mut self, secs: u64) -> Self {
@@ -89,14 +93,20 @@ impl From<AppError> for ApiError {
 impl From<BatchError> for ApiError {
     fn from(e: BatchError) -> Self {
         match e {
-            BatchError::QueueFull { queue: "generate" } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many generation requests in flight").retry(1)
-            }
+            BatchError::QueueFull { queue: "generate" } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many generation requests in flight",
+            )
+            .retry(1),
             BatchError::QueueFull { .. } => ApiError::overloaded("the embedding queue is full"),
-            e @ BatchError::TooLong { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "note_too_long", e.to_string()),
+            e @ BatchError::TooLong { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "note_too_long", e.to_string())
+            }
             BatchError::Input(m) => ApiError::invalid(m),
             BatchError::Closed => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the model worker has stopped").retry(5)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the model worker has stopped")
+                    .retry(5)
             }
             BatchError::Model(m) => {
                 tracing::error!(error = %m, "inference failed");
@@ -110,13 +120,17 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
+            }
             JsonRejection::MissingJsonContentType(e) => {
                 ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.body_text())
             }
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is over the size limit")
-            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the size limit",
+            ),
             other => ApiError::new(other.status(), "bad_request", other.body_text()),
         }
     }

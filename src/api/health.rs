@@ -15,7 +15,9 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match s.app.readiness().await {
-        Ok(()) => Ok(Json(json!({ "status": "ready", "model_version": s.app.model_version(), "notes": s.app.index().len() }))),
+        Ok(()) => {
+            Ok(Json(json!({ "status": "ready", "model_version": s.app.model_version(), "notes": s.app.index().len() })))
+        }
         Err(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)),
     }
 }

@@ -94,7 +94,11 @@ pub async fn get_note(State(s): State<AppState>, Path(raw): Path<String>) -> Res
     Ok(Json(serde_json::to_value(view).map_err(|e| ApiError::invalid(e.to_string()))?))
 }
 
-pub async fn delete_note(State(s): State<AppState>, _auth: WriteAuth, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_note(
+    State(s): State<AppState>,
+    _auth: WriteAuth,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
     s.app.delete_note(&id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -114,15 +118,24 @@ pub struct BatchNote {
 }
 
 /// Per-note results in input order; a bad note does not fail the others.
-pub async fn put_batch(State(s): State<AppState>, _auth: WriteAuth, ApiJson(body): ApiJson<BatchBody>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn put_batch(
+    State(s): State<AppState>,
+    _auth: WriteAuth,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let l = &s.app.limits;
     if body.notes.is_empty() || body.notes.len() > l.max_notes_per_batch {
-        return Err(ApiError::invalid(format!("a batch holds 1 to {} notes, got {}", l.max_notes_per_batch, body.notes.len())));
+        return Err(ApiError::invalid(format!(
+            "a batch holds 1 to {} notes, got {}",
+            l.max_notes_per_batch,
+            body.notes.len()
+        )));
     }
     let mut slots: Vec<Result<(NoteId, Note), (String, ApiError)>> = Vec::with_capacity(body.notes.len());
     for n in body.notes {
         let parsed = parse_id(&n.note_id).and_then(|id| {
-            let b: NoteBody = serde_json::from_value(serde_json::Value::Object(n.body)).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let b: NoteBody = serde_json::from_value(serde_json::Value::Object(n.body))
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
             Ok((id, validate(b, l)?))
         });
         slots.push(parsed.map_err(|e| (n.note_id, e)));

@@ -24,13 +24,20 @@ fn check_k(k: Option<usize>, s: &AppState) -> Result<usize, ApiError> {
     Ok(k)
 }
 
-pub async fn related(State(s): State<AppState>, Path(raw): Path<String>, ApiQuery(q): ApiQuery<KQuery>) -> Result<Json<Related>, ApiError> {
+pub async fn related(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    ApiQuery(q): ApiQuery<KQuery>,
+) -> Result<Json<Related>, ApiError> {
     let id = parse_id(&raw)?;
     let k = check_k(q.k, &s)?;
     Ok(Json(s.app.related(&id, k).await?))
 }
 
-pub async fn related_draft(State(s): State<AppState>, ApiJson(body): ApiJson<serde_json::Value>) -> Result<Json<Related>, ApiError> {
+pub async fn related_draft(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<Related>, ApiError> {
     // `flatten` and `deny_unknown_fields` do not combine in serde: split `k` off by hand.
     let mut obj = match body {
         serde_json::Value::Object(o) => o,
@@ -38,11 +45,13 @@ pub async fn related_draft(State(s): State<AppState>, ApiJson(body): ApiJson<ser
     };
     let k = match obj.remove("k") {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(serde_json::from_value::<usize>(v).map_err(|_| ApiError::invalid("k must be a positive integer"))?),
+        Some(v) => {
+            Some(serde_json::from_value::<usize>(v).map_err(|_| ApiError::invalid("k must be a positive integer"))?)
+        }
     };
-    let note: NoteBody = serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let note: NoteBody =
+        serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| ApiError::invalid(e.to_string()))?;
     let k = check_k(k, &s)?;
     let note = validate(note, &s.app.limits)?;
     Ok(Json(s.app.related_draft(&note, k).await?))
 }
-

@@ -21,11 +21,17 @@ pub struct SuggestBody {
     max_hashtags: Option<usize>,
 }
 
-pub async fn suggest_tags(State(s): State<AppState>, ApiJson(b): ApiJson<SuggestBody>) -> Result<Json<Suggestion>, ApiError> {
+pub async fn suggest_tags(
+    State(s): State<AppState>,
+    ApiJson(b): ApiJson<SuggestBody>,
+) -> Result<Json<Suggestion>, ApiError> {
     let l = &s.app.limits;
     let j = b.max_hashtags.unwrap_or_else(|| s.app.batcher.model().config().hashtag_count);
     if j == 0 || j > l.max_suggest_hashtags {
-        return Err(ApiError::invalid(format!("max_hashtags must be between 1 and {}, got {j}", l.max_suggest_hashtags)));
+        return Err(ApiError::invalid(format!(
+            "max_hashtags must be between 1 and {}, got {j}",
+            l.max_suggest_hashtags
+        )));
     }
     let note = validate(NoteBody { title: b.title, content: b.content, hashtags: Vec::new(), category: None }, l)?;
     Ok(Json(s.app.suggest(note, j).await?))

@@ -194,7 +194,12 @@ impl App {
         let hash = content_hash(&note);
         let previous = self.store.content_hash(&id).await.map_err(|e| self.store_err("get", e))?;
         if previous.as_deref() == Some(hash.as_str()) && self.index().contains(&id) {
-            return Ok(PutOutcome { note_id: id, status: WriteStatus::Unchanged, seq: None, model_version: self.model_version.clone() });
+            return Ok(PutOutcome {
+                note_id: id,
+                status: WriteStatus::Unchanged,
+                seq: None,
+                model_version: self.model_version.clone(),
+            });
         }
         let embedding = self.batcher.embed(&note).await?;
         let _gate = self.gate.read().await;
@@ -277,7 +282,10 @@ impl App {
             }
             self.after_write();
         }
-        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into())))).collect())
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into()))))
+            .collect())
     }
 
     pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
@@ -289,7 +297,8 @@ impl App {
         self.require_ready()?;
         let _gate = self.gate.read().await;
         let _stripe = self.stripes[self.stripe(id)].lock().await;
-        let seq = self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or(AppError::NotFound)?;
+        let seq =
+            self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or(AppError::NotFound)?;
         self.index().remove(id);
         self.after_write();
         Ok(seq)
@@ -354,7 +363,12 @@ impl App {
                 let tombstones = index.tombstones();
                 if index.rebuild() {
                     metrics.index_rebuilds.inc();
-                    tracing::info!(tombstones, live = index.len(), secs = started.elapsed().as_secs_f64(), "index rebuilt");
+                    tracing::info!(
+                        tombstones,
+                        live = index.len(),
+                        secs = started.elapsed().as_secs_f64(),
+                        "index rebuilt"
+                    );
                 }
                 metrics.notes_indexed.set(index.len() as i64);
                 metrics.index_tombstones.set(index.tombstones() as i64);
@@ -379,7 +393,12 @@ impl App {
             .map_err(|e| AppError::Internal(format!("snapshot task: {e}")))??;
         self.dirty.store(false, Ordering::SeqCst);
         self.mark_snapshot();
-        tracing::info!(seq, notes = self.index().len(), secs = started.elapsed().as_secs_f64(), "index snapshot written");
+        tracing::info!(
+            seq,
+            notes = self.index().len(),
+            secs = started.elapsed().as_secs_f64(),
+            "index snapshot written"
+        );
         Ok(true)
     }
 
