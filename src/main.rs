@@ -5,8 +5,9 @@ use std::io::{BufWriter, IsTerminal};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use notellm::config::{Cli, Command, LogFormat, ModelArgs, ModelCommand};
+use notellm::config::{Cli, Command, KnownModel, LogFormat, ModelArgs, ModelCommand};
 use notellm::model::init::{init_model, InitOptions};
+use notellm::model::{fetch, import};
 use notellm::model::{GenerateOptions, NoteLlm};
 use notellm::note::Note;
 use notellm::server;
@@ -34,8 +35,9 @@ fn init_tracing(format: LogFormat, filter: &str) {
 }
 
 fn load(args: &ModelArgs) -> Result<NoteLlm> {
+    let dir = args.resolve()?;
     let device = args.device.open()?;
-    NoteLlm::load(&args.model, &device).with_context(|| format!("loading model {}", args.model.display()))
+    NoteLlm::load(&dir, &device).with_context(|| format!("loading model {}", dir.display()))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -45,7 +47,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => runtime()?.block_on(async {
-            let cfg = a.pipeline.service_config();
+            let cfg = a.pipeline.service_config()?;
             let listener = server::bind(a.listen).await?;
             let app = server::build(&cfg).await?;
             server::run(app, a.http_config(), listener, cfg.snapshot_interval, server::shutdown_signal()).await
@@ -54,7 +56,7 @@ fn run(cli: Cli) -> Result<()> {
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
             let total = std::io::BufRead::lines(std::io::BufReader::new(&file)).count() as u64;
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
-            let app = server::build(&a.pipeline.service_config()).await?;
+            let app = server::build(&a.pipeline.service_config()?).await?;
             app.restore().await?;
             let progress = notellm::progress::bar("ingesting", total);
             let report =
@@ -116,6 +118,29 @@ fn run(cli: Cli) -> Result<()> {
             };
             init_model(&a.corpus, &a.out, &opts)?;
             eprintln!("wrote {}", a.out.display());
+        }
+        Command::Model(ModelCommand::Import(a)) => {
+            let categories = a.categories.as_deref().map(import::read_categories).transpose()?.unwrap_or_default();
+            let opts = import::ImportOptions { model_version: a.model_version, categories, ..Default::default() };
+            let s = import::import_gguf(&a.gguf, &a.out, &opts)?;
+            eprintln!(
+                "imported {} -> {} ({} tensors, {:.1}M parameters, vocab {}, [EMB] = {}) in {:.1}s",
+                a.gguf.display(),
+                s.out.display(),
+                s.tensors,
+                s.num_parameters as f64 / 1e6,
+                s.vocab_size,
+                s.emb_id,
+                s.seconds
+            );
+        }
+        Command::Model(ModelCommand::Fetch(a)) => {
+            let categories = a.categories.as_deref().map(import::read_categories).transpose()?.unwrap_or_default();
+            let mut opts = fetch::FetchOptions::default();
+            opts.import.categories = categories;
+            let KnownModel::Smollm2_135m = a.name;
+            let dir = fetch::fetch_smollm2_with(&a.out, &fetch::default_cache_dir(), &opts)?;
+            eprintln!("ready: {}", dir.display());
         }
     }
     Ok(())

@@ -154,16 +154,22 @@ pub fn hashtag_output(tags: &[String]) -> String {
     tags.join(HASHTAG_SEPARATOR)
 }
 
-/// Parses generated hashtags: split on commas (and newlines), strip `#` and quotes, drop empties
-/// and duplicates, keep at most `max`.
+/// Longest hashtag kept from generated text; longer ones are runaway prose, not tags.
+pub const MAX_GENERATED_HASHTAG_CHARS: usize = 48;
+
+/// Parses generated hashtags: split on commas (and newlines), cut each at a quote or brace (the
+/// model has left the list), strip `#`, drop empties, runaway prose and duplicates, keep at most
+/// `max`.
 pub fn parse_hashtags(output: &str, max: usize) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if max == 0 {
         return out;
     }
     for part in output.split([',', '\n', ';']) {
-        let tag = part.trim().trim_matches(|c: char| c == '#' || c == '"' || c == '\'' || c == '.').trim();
-        if !tag.is_empty() && !out.iter().any(|t| t == tag) {
+        let part = part.trim_start().trim_start_matches(['"', '\'', '#']);
+        let part = part.split(['"', '{', '}', '(', ')']).next().unwrap_or("");
+        let tag = part.trim().trim_matches(|c: char| c == '#' || c == '\'' || c == '.').trim();
+        if !tag.is_empty() && tag.chars().count() <= MAX_GENERATED_HASHTAG_CHARS && !out.iter().any(|t| t == tag) {
             out.push(tag.to_owned());
         }
         if out.len() == max {
@@ -173,11 +179,15 @@ pub fn parse_hashtags(output: &str, max: usize) -> Vec<String> {
     out
 }
 
-/// Parses a generated category: the first line, trimmed of quotes and a final period.
+/// Parses a free-form generated category: the first line, up to a closing quote or the end of
+/// the first sentence, trimmed of quotes and a final period.
 pub fn parse_category(output: &str) -> Option<String> {
     let line = output.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let line = line.trim_start_matches(['"', '\'']);
+    let line = line.split('"').next().unwrap_or("");
+    let line = line.split(". ").next().unwrap_or("");
     let c = line.trim_matches(|c: char| c == '"' || c == '\'' || c == '.').trim();
-    (!c.is_empty()).then(|| c.to_owned())
+    (!c.is_empty() && c.chars().count() <= MAX_GENERATED_HASHTAG_CHARS).then(|| c.to_owned())
 }
 
 #[cfg(test)]
@@ -264,6 +274,14 @@ mod tests {
         assert_eq!(parse_hashtags("a, b, c", 2), vec!["a", "b"]);
         assert_eq!(parse_category("  \"Travel\".\nmore"), Some("Travel".into()));
         assert_eq!(parse_category("   "), None);
+        // zero-shot output that runs on past the answer (seen from SmolLM2)
+        assert_eq!(parse_category("trester\". The tile is: \"Tram\" and the content"), Some("trester".into()));
+        assert_eq!(parse_category("Travel. It is about trams"), Some("Travel".into()));
+        assert_eq!(
+            parse_hashtags("Tram, Treso de la Mona, Monterrosa\" and 2 others. The list is: {1}", 3),
+            vec!["Tram", "Treso de la Mona", "Monterrosa"]
+        );
+        assert_eq!(parse_hashtags(&"word ".repeat(30), 3), Vec::<String>::new());
     }
 
     proptest! {
