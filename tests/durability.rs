@@ -19,6 +19,14 @@ struct Proc {
     base: String,
 }
 
+/// A failed assertion must not leave a server running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -88,6 +96,7 @@ async fn scenario(db: Vec<(&'static str, String)>) {
     // kill -9: no graceful shutdown, no snapshot
     p.child.kill().unwrap();
     p.child.wait().unwrap();
+    drop(p);
     let mut p = spawn(&model, &data, &db);
     wait_ready(&mut p, &http).await;
     for id in &acked {
@@ -101,13 +110,12 @@ async fn scenario(db: Vec<(&'static str, String)>) {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = p.child.wait().unwrap();
     assert!(status.success(), "graceful shutdown exit: {status}");
+    drop(p);
     let snapshots = data.join("index");
     assert!(std::fs::read_dir(&snapshots).map(|mut d| d.next().is_some()).unwrap_or(false), "no snapshot written");
     let mut p = spawn(&model, &data, &db);
     wait_ready(&mut p, &http).await;
     assert_eq!(related_all(&p, &http, &acked).await, before, "answers changed after snapshot restore");
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
