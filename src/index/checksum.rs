@@ -96,7 +96,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn chunking_does_not_matter(data in proptest::collection::vec(any::<u8>(), 0..200), cut in 0usize..200, cut2 in 0usize..200) {
+        fn chunking_does_not_matter(
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+            cut in 0usize..200,
+            cut2 in 0usize..200,
+        ) {
             let a = cut.min(data.len());
             let b = cut2.min(data.len()).max(a);
             let mut c = Checksum::default();

@@ -258,7 +258,10 @@ mod tests {
                 }
             }
             let dots = t.elapsed().as_secs_f64() * 1e6 / 2e6;
-            println!("ef {ef}: plain {plain:.0}us, search_filter {filtered:.0}us, NoteIndex::search {ours:.0}us per query; dot {dots:.3}us");
+            println!(
+                "ef {ef}: plain {plain:.0}us, search_filter {filtered:.0}us, NoteIndex::search {ours:.0}us per query; \
+                 dot {dots:.3}us"
+            );
         }
     }
 

@@ -98,7 +98,8 @@ pub fn save(graph: &Graph, cfg: &IndexConfig, dir: &Path, seq: i64) -> Result<()
     sync_dir(dir)?;
     write_atomically(&dir.join(CURRENT), name.as_bytes())?;
     remove_stale(dir, &name);
-    tracing::info!(dir = %live.display(), seq, points = graph.hnsw.get_nb_point(), secs = start.elapsed().as_secs_f32(), "index snapshot saved");
+    let (points, secs) = (graph.hnsw.get_nb_point(), start.elapsed().as_secs_f32());
+    tracing::info!(dir = %live.display(), seq, points, secs, "index snapshot saved");
     Ok(())
 }
 
@@ -204,7 +205,8 @@ pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, i64)>, Index
     } else {
         return Err(IndexError::corrupt(&manifest_path, "graph files not listed"));
     };
-    tracing::info!(dir = %folder.display(), seq = manifest.seq, live = manifest.live, points = manifest.points, secs = start.elapsed().as_secs_f32(), "index snapshot loaded");
+    let (live, points, secs) = (manifest.live, manifest.points, start.elapsed().as_secs_f32());
+    tracing::info!(dir = %folder.display(), seq = manifest.seq, live, points, secs, "index snapshot loaded");
     Ok(Some((graph, manifest.seq)))
 }
 
@@ -460,6 +462,11 @@ mod tests {
         let hits = loaded.search(&vectors[7], 1_000, None).unwrap();
         assert_eq!(hits.iter().filter(|h| h.id == ids[500]).count(), 1);
         assert!(hits.iter().all(|h| h.id != ids[0]), "removed before the save, stays removed");
+        // A reloaded index saves and reloads again.
+        loaded.save_snapshot(dir.path(), 43).unwrap();
+        let (again, seq) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!(seq, 43);
+        assert_eq!(results(&again, &ids, &vectors), results(&loaded, &ids, &vectors));
     }
 
     #[test]
