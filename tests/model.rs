@@ -333,3 +333,32 @@ fn decoder_trains_from_a_varmap() {
         assert!(n > 0.0, "zero gradient for a {:?} variable", v.dims());
     }
 }
+
+#[test]
+fn last_layer_at_selected_rows_equals_full_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = NoteLlm::load(&tiny_model(dir.path(), "m", Family::Qwen2, 1), &Device::Cpu).unwrap();
+    let dec = model.decoder();
+    let seqs: Vec<Vec<u32>> = notes(7, 13).iter().map(|(_, n)| model.embedding_ids(n).unwrap()).collect();
+    for padding in [Padding::Left, Padding::Right] {
+        let batch = PaddedBatch::new(&seqs, padding, 2, &Device::Cpu).unwrap();
+        let last: Vec<usize> = batch.last.iter().map(|l| l.unwrap()).collect();
+        let full = Decoder::gather(&dec.forward(&batch, &mut KvCache::new()).unwrap(), &last).unwrap();
+        let at = dec.forward_at(&batch, &mut KvCache::new(), &last).unwrap();
+        let d = max_abs_diff(&full, &at);
+        assert!(d < 1e-5, "{padding:?}: {d}");
+        // any position, not only the last one
+        let mid: Vec<usize> = last.iter().map(|&l| l / 2).collect();
+        let full_mid = Decoder::gather(&dec.forward(&batch, &mut KvCache::new()).unwrap(), &mid).unwrap();
+        assert!(max_abs_diff(&full_mid, &dec.forward_at(&batch, &mut KvCache::new(), &mid).unwrap()) < 1e-5);
+    }
+    // after a cached prefix, as embedding with prefix reuse runs it
+    let prefix = vec![seqs[0][..5].to_vec()];
+    let mut cache = KvCache::new();
+    dec.forward(&PaddedBatch::new(&prefix, Padding::Right, 2, &Device::Cpu).unwrap(), &mut cache).unwrap();
+    let rest = PaddedBatch::new(&[seqs[0][5..].to_vec()], Padding::Right, 2, &Device::Cpu).unwrap();
+    let at = dec.forward_at(&rest, &mut cache.clone(), &[seqs[0].len() - 6]).unwrap();
+    let alone = dec.hidden_unbatched(&seqs[0]).unwrap().i(seqs[0].len() - 1).unwrap().unsqueeze(0).unwrap();
+    assert!(max_abs_diff(&at, &alone) < 1e-5);
+    assert!(dec.forward_at(&rest, &mut cache, &[999]).is_err());
+}

@@ -182,7 +182,9 @@ impl Attention {
         })
     }
 
-    /// `x: [b, t, hidden]`; `mask: [b, 1, 1, t, s]` additive; returns `[b, t, hidden]`.
+    /// `x: [b, t, hidden]`; `mask: [b, 1, 1, t, s]` additive; returns `[b, t, hidden]`. With
+    /// `rows`, only those query rows are computed (`[b, 1, hidden]` out); keys and values still
+    /// cover every position.
     fn forward(
         &self,
         x: &Tensor,
@@ -190,14 +192,26 @@ impl Attention {
         mask: Option<&Tensor>,
         kv: &mut Option<(Tensor, Tensor)>,
         differentiable: bool,
+        rows: Option<&Rows>,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self.q.forward(x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
         let k = self.k.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
         let v = self.v.forward(x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = apply_rope(&q.contiguous()?, &rope.0, &rope.1, differentiable)?;
         let k = apply_rope(&k.contiguous()?, &rope.0, &rope.1, differentiable)?;
+        let (xq, rope_q, mask, t) = match rows {
+            None => (x.clone(), rope.clone(), mask.cloned(), t),
+            Some(r) => {
+                let mask = match mask {
+                    Some(m) => Some(r.pick(&m.reshape((b, t, ()))?)?.reshape((b, 1, 1, 1, ()))?),
+                    None => None,
+                };
+                (r.pick(x)?, (r.pick(&rope.0)?.contiguous()?, r.pick(&rope.1)?.contiguous()?), mask, 1)
+            }
+        };
+        let q = self.q.forward(&xq)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+        let q = apply_rope(&q.contiguous()?, &rope_q.0, &rope_q.1, differentiable)?;
+        let mask = mask.as_ref();
         let (k, v) = match kv.take() {
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
             None => (k, v),
@@ -276,11 +290,40 @@ impl Block {
         mask: Option<&Tensor>,
         kv: &mut Option<(Tensor, Tensor)>,
         differentiable: bool,
+        rows: Option<&Rows>,
     ) -> Result<Tensor> {
         let h = self.input_norm.forward(x, differentiable)?;
-        let x = (x + self.attn.forward(&h, rope, mask, kv, differentiable)?)?;
+        let attn = self.attn.forward(&h, rope, mask, kv, differentiable, rows)?;
+        let x = match rows {
+            Some(r) => (r.pick(x)? + attn)?,
+            None => (x + attn)?,
+        };
         let h = self.post_attn_norm.forward(&x, differentiable)?;
         Ok((&x + self.mlp.forward(&h)?)?)
+    }
+}
+
+/// One row (position) per sequence of a `[b, t, ..]` tensor: `index[b]` -> `[b, 1, ..]`.
+#[derive(Debug, Clone)]
+struct Rows {
+    flat: Tensor,
+}
+
+impl Rows {
+    fn new(index: &[usize], t: usize, device: &Device) -> Result<Self> {
+        let flat: Vec<u32> = index.iter().enumerate().map(|(i, &j)| (i * t + j) as u32).collect();
+        Ok(Self { flat: Tensor::from_vec(flat, index.len(), device)? })
+    }
+
+    fn pick(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (b, t) = (dims[0], dims[1]);
+        let rest: Vec<usize> = dims[2..].to_vec();
+        let mut flat_shape = vec![b * t];
+        flat_shape.extend(&rest);
+        let mut out_shape = vec![b, 1];
+        out_shape.extend(&rest);
+        x.reshape(flat_shape)?.index_select(&self.flat, 0)?.reshape(out_shape)
     }
 }
 
@@ -402,6 +445,22 @@ impl Decoder {
     /// Runs `batch` after whatever `cache` already holds and returns the final-layer, post-norm
     /// hidden states `[b, t, hidden]`. The cache is extended with this batch's keys and values.
     pub fn forward(&self, batch: &PaddedBatch, cache: &mut KvCache) -> Result<Tensor> {
+        self.run(batch, cache, None)
+    }
+
+    /// The final hidden state at one position per sequence (`index[b]`), `[b, hidden]`: what an
+    /// embedding needs. Equal to `gather(forward(..), index)`, but the last layer computes its
+    /// queries, attention output and MLP for those positions only.
+    pub fn forward_at(&self, batch: &PaddedBatch, cache: &mut KvCache, index: &[usize]) -> Result<Tensor> {
+        let t = batch.seq_len();
+        if index.len() != batch.batch_size() || index.iter().any(|&i| i >= t) {
+            return Err(super::error::ModelError::Input(format!("bad positions {index:?} for a batch of length {t}")));
+        }
+        let rows = Rows::new(index, t, &self.device)?;
+        Ok(self.run(batch, cache, Some(&rows))?.squeeze(1)?)
+    }
+
+    fn run(&self, batch: &PaddedBatch, cache: &mut KvCache, last_rows: Option<&Rows>) -> Result<Tensor> {
         let (b, t) = batch.ids.dims2()?;
         cache.ensure_batch(b, self.cfg.num_layers)?;
         let positions = cache.push(&batch.valid);
@@ -417,9 +476,11 @@ impl Decoder {
         let rope = self.rope.gather(&pos)?;
         let mask = cache.mask(t, self.cfg.sliding_window, self.dtype, &self.device)?;
         let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let n = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
             let kv = cache.layer_mut(i);
-            x = block.forward(&x, &rope, mask.as_ref(), kv, i >= self.trainable_from)?;
+            let rows = if i + 1 == n { last_rows } else { None };
+            x = block.forward(&x, &rope, mask.as_ref(), kv, i >= self.trainable_from, rows)?;
         }
         Ok(self.norm.forward(&x, self.trainable_from < self.cfg.num_layers)?)
     }

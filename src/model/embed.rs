@@ -1,6 +1,7 @@
 //! Note embeddings: the category prompt up to (not including) `[EMB]`, one forward pass over a
 //! right-padded batch, the final hidden state of the last real token (the token right before
-//! `[EMB]`), the linear head, L2 normalisation.
+//! `[EMB]`), the linear head, L2 normalisation. Only that token's state is needed, so the last
+//! layer computes nothing else (`Decoder::forward_at`).
 //!
 //! Prefix reuse: every category prompt starts with the same instruction. Its KV cache is computed
 //! once at load ([`Prefix`]) and expanded over each batch, so only the note-specific tokens are
@@ -9,7 +10,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::decoder::{Decoder, PaddedBatch, Padding};
+use super::decoder::{PaddedBatch, Padding};
 use super::error::{ModelError, Result};
 use super::{KvCache, NoteLlm};
 use crate::note::{Embedding, Note};
@@ -80,9 +81,8 @@ impl NoteLlm {
             None => (seqs.to_vec(), KvCache::new()),
         };
         let batch = PaddedBatch::new(&suffixes, Padding::Right, self.tokenizer.pad_id, self.device())?;
-        let hidden = self.decoder.forward(&batch, &mut cache)?;
         let last: Vec<usize> = batch.last.iter().map(|l| l.unwrap_or(0)).collect();
-        let states = Decoder::gather(&hidden, &last)?.to_dtype(DType::F32)?;
+        let states = self.decoder.forward_at(&batch, &mut cache, &last)?.to_dtype(DType::F32)?;
         self.project(&states)
     }
 
