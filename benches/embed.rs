@@ -18,25 +18,6 @@ use notellm::model::{CheckpointFiles, NoteLlm};
 const TOKENS: usize = 128;
 const BATCHES: [usize; 3] = [1, 8, 32];
 
-fn stock_config(c: &DecoderConfig) -> qwen2::Config {
-    qwen2::Config {
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        intermediate_size: c.intermediate_size,
-        num_hidden_layers: c.num_layers,
-        num_attention_heads: c.num_heads,
-        num_key_value_heads: c.num_kv_heads,
-        max_position_embeddings: c.max_position_embeddings,
-        sliding_window: 4096,
-        max_window_layers: 0,
-        tie_word_embeddings: c.tie_word_embeddings,
-        rope_theta: c.rope_theta,
-        rms_norm_eps: c.rms_norm_eps,
-        use_sliding_window: false,
-        hidden_act: candle_nn::Activation::Silu,
-    }
-}
-
 /// Forward FLOPs of one `TOKENS`-token note: the projections plus the attention products
 /// (QK^T and PV over the full square, as both implementations compute them).
 fn flops_per_note(c: &DecoderConfig) -> f64 {
@@ -69,7 +50,7 @@ fn setup(preset: Preset, name: &'static str, dir: &Path) -> Setup {
     ours.set_prefix_reuse(false).expect("prefix off");
     let files = CheckpointFiles::open(&out).expect("open");
     let cfg = files.decoder.clone();
-    let stock = qwen2::Model::new(&stock_config(&cfg), files.var_builder(DType::F32, &Device::Cpu).expect("vb"))
+    let stock = qwen2::Model::new(&cfg.to_candle_qwen2(), files.var_builder(DType::F32, &Device::Cpu).expect("vb"))
         .expect("stock");
     // Deterministic "notes" of exactly TOKENS ordinary (non-special) tokens.
     let vocab = cfg.vocab_size as u32;

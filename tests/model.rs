@@ -73,22 +73,7 @@ fn matches_candle_transformers_qwen2() {
     let files = CheckpointFiles::open(&path).unwrap();
     let c = &files.decoder;
     assert!(c.qkv_bias, "the qwen2 checkpoint must exercise q/k/v biases");
-    let cfg = qwen2::Config {
-        vocab_size: c.vocab_size,
-        hidden_size: c.hidden_size,
-        intermediate_size: c.intermediate_size,
-        num_hidden_layers: c.num_layers,
-        num_attention_heads: c.num_heads,
-        num_key_value_heads: c.num_kv_heads,
-        max_position_embeddings: c.max_position_embeddings,
-        sliding_window: 4096,
-        max_window_layers: 0,
-        tie_word_embeddings: c.tie_word_embeddings,
-        rope_theta: c.rope_theta,
-        rms_norm_eps: c.rms_norm_eps,
-        use_sliding_window: false,
-        hidden_act: candle_nn::Activation::Silu,
-    };
+    let cfg = c.to_candle_qwen2();
     let vb = files.var_builder(DType::F32, &Device::Cpu).unwrap();
     let mut reference = qwen2::Model::new(&cfg, vb).unwrap();
     let ids = ids_for(&model);

@@ -253,6 +253,27 @@ impl DecoderConfig {
         }
     }
 
+    /// The same shape as candle-transformers' qwen2 `Config`: the stock model our decoder is
+    /// tested and benchmarked against (no sliding window, SiLU).
+    pub fn to_candle_qwen2(&self) -> candle_transformers::models::qwen2::Config {
+        candle_transformers::models::qwen2::Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_layers,
+            num_attention_heads: self.num_heads,
+            num_key_value_heads: self.num_kv_heads,
+            max_position_embeddings: self.max_position_embeddings,
+            sliding_window: self.sliding_window.unwrap_or(self.max_position_embeddings),
+            max_window_layers: 0,
+            tie_word_embeddings: self.tie_word_embeddings,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            use_sliding_window: false,
+            hidden_act: candle_nn::Activation::Silu,
+        }
+    }
+
     /// Parameters of the decoder (embeddings counted once when tied).
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
