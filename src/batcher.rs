@@ -1,12 +1,14 @@
 //! Micro-batching in front of the model.
 //!
 //! Embedding: a bounded queue feeds one inference thread (never the async runtime). The thread
-//! takes the oldest request and adds queued ones while the batch stays within `max_batch_notes`
-//! and the padded token budget `max_batch_tokens` (`longest x count`, since a batch is padded),
-//! waiting at most `max_wait` for more. At most one batch runs at a time, so under load batches
-//! grow by themselves (TEI's lesson: no fixed window is needed; `max_wait` only helps a trickle).
-//! Inside a batch notes are sorted by length. A request whose client went away before its batch
-//! started is dropped. A request that can never fit the budget is refused up front.
+//! drains what is queued into a window of up to four batches (waiting at most `max_wait` while
+//! it holds less than one batch), sorts the window by length, and cuts it into batches of at most
+//! `max_batch_notes` and the padded token budget `max_batch_tokens` (`longest x count`, since a
+//! batch is padded): similar lengths share a batch, so little compute goes to padding, as in
+//! `notellm embed`. One batch runs at a time, so under load batches grow by themselves (TEI's
+//! lesson: no fixed time window is needed; `max_wait` only helps a trickle). A request whose
+//! client went away before its batch started is dropped. A request that can never fit the
+//! budget is refused up front.
 //!
 //! Generation (`/suggest-tags`) has its own bounded queue and worker threads (its concurrency
 //! limit), so slow generation never holds up embedding.
@@ -89,11 +91,10 @@ impl Budget {
         }
         fits
     }
-
-    pub fn is_full(&self) -> bool {
-        self.count >= self.max_notes
-    }
 }
+
+/// Queued notes drained into one sorting window, in batches.
+const WINDOW_BATCHES: usize = 4;
 
 struct EmbedJob {
     ids: Vec<u32>,
@@ -210,26 +211,19 @@ impl Batcher {
 fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m: &Metrics) {
     let depth = m.queue_depth.with_label_values(&["embed"]);
     let dropped = m.requests_dropped.with_label_values(&["embed", "client_gone"]);
-    let mut carry: Option<EmbedJob> = None;
-    loop {
-        let first = match carry.take() {
-            Some(j) => j,
-            None => match rx.recv() {
-                Ok(j) => {
-                    depth.dec();
-                    j
-                }
-                Err(_) => break,
-            },
-        };
-        let mut budget = Budget::new(cfg.max_batch_notes, cfg.max_batch_tokens);
-        budget.admit(first.ids.len());
-        let mut batch = vec![first];
+    let batch_notes = cfg.max_batch_notes.max(1);
+    let cap = batch_notes * WINDOW_BATCHES;
+    while let Ok(first) = rx.recv() {
+        depth.dec();
+        // Drain what is queued into one window, waiting up to max_wait only while it holds less
+        // than a batch.
+        let mut window = vec![first];
         let deadline = Instant::now() + cfg.max_wait;
-        while !budget.is_full() {
+        while window.len() < cap {
             let next = match rx.try_recv() {
                 Ok(j) => j,
                 Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) if window.len() >= batch_notes => break,
                 Err(mpsc::TryRecvError::Empty) => {
                     match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                         Ok(j) => j,
@@ -238,25 +232,27 @@ fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m:
                 }
             };
             depth.dec();
-            if next.reply.is_closed() {
-                dropped.inc();
-                continue;
-            }
-            if !budget.admit(next.ids.len()) {
-                carry = Some(next);
-                break;
-            }
-            batch.push(next);
+            window.push(next);
         }
-        batch.retain(|j| {
-            let gone = j.reply.is_closed();
-            if gone {
-                dropped.inc();
+        // Similar lengths together, then cut by the budget: little padding per batch.
+        window.sort_by_key(|j| j.ids.len());
+        let mut rest = window.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut budget = Budget::new(batch_notes, cfg.max_batch_tokens);
+            let mut batch = Vec::new();
+            while let Some(j) = rest.next_if(|j| budget.admit(j.ids.len())) {
+                batch.push(j);
             }
-            !gone
-        });
-        if !batch.is_empty() {
-            run_batch(batch, model, m);
+            batch.retain(|j| {
+                let gone = j.reply.is_closed();
+                if gone {
+                    dropped.inc();
+                }
+                !gone
+            });
+            if !batch.is_empty() {
+                run_batch(batch, model, m);
+            }
         }
     }
     tracing::info!("embedding worker stopped");
