@@ -82,6 +82,18 @@ impl<R: BufRead> NoteReader<R> {
             }
         }
     }
+
+    /// Up to `n` well-formed notes (fewer only at the end of the input; empty when it is done).
+    pub fn next_chunk(&mut self, n: usize, on_skip: &mut dyn FnMut(&LineError)) -> Result<Vec<NoteLine>, LineError> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_note(on_skip) {
+                None => break,
+                Some(r) => out.push(r?.1),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -56,17 +56,11 @@ pub fn run<R: BufRead, W: Write>(
         progress.suspend(|| tracing::warn!("skipped {e}"));
     };
     loop {
-        let mut window: Vec<(NoteId, Vec<u32>)> = Vec::with_capacity(batch_size * WINDOW_BATCHES);
-        while window.len() < batch_size * WINDOW_BATCHES {
-            match reader.next_note(&mut report_skip) {
-                None => break,
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok((_, n))) => {
-                    let ids = model.embedding_ids(&n.note)?;
-                    window.push((n.note_id, ids));
-                }
-            }
-        }
+        let window: Vec<(NoteId, Vec<u32>)> = reader
+            .next_chunk(batch_size * WINDOW_BATCHES, &mut report_skip)?
+            .into_iter()
+            .map(|n| Ok((n.note_id, model.embedding_ids(&n.note)?)))
+            .collect::<Result<_, ModelError>>()?;
         if window.is_empty() {
             break;
         }

@@ -41,14 +41,8 @@ pub async fn run<R: BufRead>(
     let mut report = IngestReport::default();
     let mut report_skip = |e: &LineError| progress.suspend(|| tracing::warn!("skipped {e}"));
     loop {
-        let mut items = Vec::with_capacity(chunk);
-        while items.len() < chunk {
-            match reader.next_note(&mut report_skip) {
-                None => break,
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok((_, n))) => items.push((n.note_id, n.note)),
-            }
-        }
+        let items: Vec<_> =
+            reader.next_chunk(chunk, &mut report_skip)?.into_iter().map(|n| (n.note_id, n.note)).collect();
         if items.is_empty() {
             break;
         }

@@ -190,29 +190,10 @@ impl App {
 
     /// Embeds, stores and indexes one note; a re-PUT of unchanged content is a no-op.
     pub async fn put_note(&self, id: NoteId, note: Note) -> Result<PutOutcome, AppError> {
-        self.require_ready()?;
-        let hash = content_hash(&note);
-        let previous = self.store.content_hash(&id).await.map_err(|e| self.store_err("get", e))?;
-        if previous.as_deref() == Some(hash.as_str()) && self.index().contains(&id) {
-            return Ok(PutOutcome {
-                note_id: id,
-                status: WriteStatus::Unchanged,
-                seq: None,
-                model_version: self.model_version.clone(),
-            });
-        }
-        let embedding = self.batcher.embed(&note).await?;
-        let _gate = self.gate.read().await;
-        let _stripe = self.stripes[self.stripe(&id)].lock().await;
-        let seq = self
-            .store
-            .put_note(&id, &note, &hash, &embedding, &self.model_version)
-            .await
-            .map_err(|e| self.store_err("put", e))?;
-        self.index().upsert(&id, &embedding)?;
-        self.after_write();
-        let status = if previous.is_some() { WriteStatus::Updated } else { WriteStatus::Created };
-        Ok(PutOutcome { note_id: id, status, seq: Some(seq), model_version: self.model_version.clone() })
+        self.put_notes(vec![(id, note)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(AppError::Internal("note was not processed".into())))
     }
 
     /// Several notes: embedded together, stored in one transaction, then indexed. One result per
