@@ -5,12 +5,12 @@
 
 use std::io::BufRead;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::note::{Note, NoteError, NoteId};
 
 /// A note as it arrives on one line.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NoteLine {
     pub note_id: NoteId,
     #[serde(flatten)]

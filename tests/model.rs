@@ -347,3 +347,20 @@ fn last_layer_at_selected_rows_equals_full_forward() {
     assert!(max_abs_diff(&at, &alone) < 1e-5);
     assert!(dec.forward_at(&rest, &mut cache, &[999]).is_err());
 }
+
+#[test]
+fn split_forward_equals_the_whole_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = tiny_model(dir.path(), "tiny", Family::Llama, 1);
+    let model = NoteLlm::load(&ckpt, &Device::Cpu).unwrap();
+    let seqs = vec![vec![5u32, 9, 13, 2, 7], vec![3u32, 4]];
+    let dec = model.decoder();
+    let batch = PaddedBatch::new(&seqs, Padding::Right, 0, &Device::Cpu).unwrap();
+    let whole = dec.forward(&batch, &mut KvCache::new()).unwrap();
+    for layer in 0..=dec.config().num_layers {
+        let x = dec.hidden_before(&batch, layer).unwrap();
+        let split = dec.forward_from(&x, &batch, layer).unwrap();
+        let diff = (&whole - &split).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "layer {layer}: max diff {diff}");
+    }
+}

@@ -460,7 +460,49 @@ impl Decoder {
         Ok(self.run(batch, cache, Some(&rows))?.squeeze(1)?)
     }
 
+    /// The hidden states entering layer `layer` (`[b, t, hidden]`, before any norm): what the
+    /// frozen lower layers hand to the trained upper ones. `layer == 0` gives the token
+    /// embeddings.
+    pub fn hidden_before(&self, batch: &PaddedBatch, layer: usize) -> Result<Tensor> {
+        let x = self.embed_ids(batch)?;
+        self.run_span(x, batch, &mut KvCache::new(), 0..layer.min(self.cfg.num_layers), None, false)
+    }
+
+    /// Runs layers `layer..` and the final norm over `x`, the hidden states entering `layer`
+    /// for `batch` (as [`Decoder::hidden_before`] gives them), and returns the final post-norm
+    /// hidden states `[b, t, hidden]`. `forward_from(hidden_before(b, l), b, l) == forward(b)`.
+    pub fn forward_from(&self, x: &Tensor, batch: &PaddedBatch, layer: usize) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        if x.dims() != [b, t, self.cfg.hidden_size] {
+            return Err(super::error::ModelError::Input(format!(
+                "hidden states {:?} do not match a batch of {b} x {t}",
+                x.dims()
+            )));
+        }
+        self.run_span(x.clone(), batch, &mut KvCache::new(), layer.min(self.cfg.num_layers)..self.cfg.num_layers, None, true)
+    }
+
+    fn embed_ids(&self, batch: &PaddedBatch) -> Result<Tensor> {
+        let (b, t) = batch.ids.dims2()?;
+        Ok(self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, ()))?)
+    }
+
     fn run(&self, batch: &PaddedBatch, cache: &mut KvCache, last_rows: Option<&Rows>) -> Result<Tensor> {
+        let x = self.embed_ids(batch)?;
+        self.run_span(x, batch, cache, 0..self.cfg.num_layers, last_rows, true)
+    }
+
+    /// Runs `layers` over `x` (the hidden states entering the first of them); the last layer
+    /// of the model computes only `last_rows` when given; `norm` applies the final norm.
+    fn run_span(
+        &self,
+        mut x: Tensor,
+        batch: &PaddedBatch,
+        cache: &mut KvCache,
+        layers: std::ops::Range<usize>,
+        last_rows: Option<&Rows>,
+        norm: bool,
+    ) -> Result<Tensor> {
         let (b, t) = batch.ids.dims2()?;
         cache.ensure_batch(b, self.cfg.num_layers)?;
         let positions = cache.push(&batch.valid);
@@ -475,12 +517,14 @@ impl Decoder {
         let pos = Tensor::from_vec(positions.concat(), (b, t), &self.device)?;
         let rope = self.rope.gather(&pos)?;
         let mask = cache.mask(t, self.cfg.sliding_window, self.dtype, &self.device)?;
-        let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
         let n = self.blocks.len();
-        for (i, block) in self.blocks.iter().enumerate() {
+        for i in layers {
             let kv = cache.layer_mut(i);
             let rows = if i + 1 == n { last_rows } else { None };
-            x = block.forward(&x, &rope, mask.as_ref(), kv, i >= self.trainable_from, rows)?;
+            x = self.blocks[i].forward(&x, &rope, mask.as_ref(), kv, i >= self.trainable_from, rows)?;
+        }
+        if !norm {
+            return Ok(x);
         }
         Ok(self.norm.forward(&x, self.trainable_from < self.cfg.num_layers)?)
     }

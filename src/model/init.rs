@@ -128,7 +128,7 @@ pub fn train_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tokenizer>
 }
 
 /// A fixed-seed normal(0, std) tensor (Box-Muller over `StdRng`, independent of candle's RNG).
-fn randn(rng: &mut StdRng, shape: &[usize], std: f32) -> Result<Tensor> {
+pub(crate) fn randn(rng: &mut StdRng, shape: &[usize], std: f32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
         .map(|_| {

@@ -88,3 +88,36 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     dot / (na * nb)
 }
+
+/// A dataset directory (the `notellm data` format) over the synthetic notes: each note is
+/// paired with the next note of its category. Every note is in every part, so that tests can
+/// measure recall on the training pairs themselves.
+pub fn synthetic_dataset(dir: &Path, n: usize) -> PathBuf {
+    use notellm::data::dataset::{write_jsonl, write_lines, CATEGORIES_FILE, NOTES_FILE};
+    use notellm::data::{Pair, Part};
+    use notellm::jsonl::NoteLine;
+    use notellm::note::NoteId;
+    let notes = notes(n, 3);
+    let lines: Vec<NoteLine> =
+        notes.iter().map(|(id, note)| NoteLine { note_id: NoteId::parse(id).unwrap(), note: note.clone() }).collect();
+    write_jsonl(&dir.join(NOTES_FILE), &lines).unwrap();
+    let mut by_cat: std::collections::BTreeMap<String, Vec<&NoteLine>> = Default::default();
+    for l in &lines {
+        by_cat.entry(l.note.category.clone().unwrap_or_default()).or_default().push(l);
+    }
+    let mut pairs = Vec::new();
+    for group in by_cat.values() {
+        for (i, a) in group.iter().enumerate() {
+            let b = group[(i + 1) % group.len()];
+            if a.note_id != b.note_id {
+                pairs.push(Pair { a: a.note_id.clone(), b: b.note_id.clone(), score: 1.0 });
+            }
+        }
+    }
+    for part in Part::ALL {
+        write_lines(&part.ids_path(dir), lines.iter().map(|l| l.note_id.as_str())).unwrap();
+        write_jsonl(&part.pairs_path(dir), &pairs).unwrap();
+    }
+    write_lines(&dir.join(CATEGORIES_FILE), by_cat.keys()).unwrap();
+    dir.to_owned()
+}

@@ -1,0 +1,110 @@
+//! The two NoteLLM losses (NOTELLM.md).
+//!
+//! - Generative-Contrastive Learning: a batch holds B related pairs as 2B rows, rows `2i` and
+//!   `2i + 1` being a pair. With `s = cos(n_i, n_j) * e^tau` and the diagonal masked,
+//!   `L_cl = -1/(2B) * sum_i log( exp(s(i, i+)) / sum_{j != i} exp(s(i, j)) )`: every other note of
+//!   the batch, from either side of any pair, is a negative.
+//! - Collaborative Supervised Fine-Tuning: next-token cross-entropy over the output tokens only,
+//!   averaged over every labelled token of the batch.
+//! - Total: `(L_cl + alpha * L_gen) / (1 + alpha)`.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// In-batch contrastive loss. `emb`: `[2B, d]`, rows already L2-normalised; `tau`: a scalar
+/// (the log of the logit scale, learnable).
+pub fn contrastive(emb: &Tensor, tau: &Tensor) -> Result<Tensor> {
+    let n = emb.dim(0)?;
+    if n < 2 || n % 2 != 0 {
+        candle_core::bail!("the contrastive loss needs an even number (>= 2) of rows, got {n}");
+    }
+    let sims = emb.matmul(&emb.t()?)?.broadcast_mul(&tau.exp()?)?;
+    let sims = (sims + diagonal_mask(n, emb.device())?)?;
+    let log_p = candle_nn::ops::log_softmax(&sims, D::Minus1)?;
+    // Row i's positive is its pair: i ^ 1.
+    let positives: Vec<u32> = (0..n as u32).map(|i| i ^ 1).collect();
+    let positives = Tensor::from_vec(positives, (n, 1), emb.device())?;
+    log_p.gather(&positives, 1)?.mean_all()?.neg()
+}
+
+/// `-inf`-like on the diagonal so a note is never its own negative (a large finite value keeps
+/// the backward pass free of NaNs).
+fn diagonal_mask(n: usize, device: &Device) -> Result<Tensor> {
+    let mut m = vec![0f32; n * n];
+    for i in 0..n {
+        m[i * n + i] = -1e9;
+    }
+    Tensor::from_vec(m, (n, n), device)
+}
+
+/// Mean next-token cross-entropy of `logits` `[T, vocab]` (f32) against `targets` `[T]` (u32).
+pub fn generation(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    candle_nn::loss::cross_entropy(&logits.to_dtype(DType::F32)?, targets)
+}
+
+/// `(L_cl + alpha L_gen) / (1 + alpha)`; without labelled tokens, `L_cl` alone.
+pub fn total(cl: &Tensor, gen: Option<&Tensor>, alpha: f64) -> Result<Tensor> {
+    match gen {
+        Some(g) if alpha > 0.0 => ((cl + (g * alpha)?)? / (1.0 + alpha))?.contiguous(),
+        _ => Ok(cl.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn contrastive_matches_hand_computation() -> Result<()> {
+        // Four notes: pairs (0, 1) and (2, 3).
+        let rows = [unit(&[1.0, 0.0]), unit(&[0.8, 0.6]), unit(&[0.0, 1.0]), unit(&[-0.6, 0.8])];
+        let flat: Vec<f32> = rows.concat();
+        let emb = Tensor::from_vec(flat, (4, 2), &Device::Cpu)?;
+        let tau = Tensor::new(0.5f32, &Device::Cpu)?;
+        let loss = contrastive(&emb, &tau)?.to_scalar::<f32>()?;
+        let scale = 0.5f64.exp();
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let mut expect = 0.0;
+        for i in 0..4 {
+            let pos = i ^ 1;
+            let denom: f64 = (0..4).filter(|&j| j != i).map(|j| (cos(&rows[i], &rows[j]) * scale).exp()).sum();
+            expect -= ((cos(&rows[i], &rows[pos]) * scale).exp() / denom).ln();
+        }
+        expect /= 4.0;
+        assert!((loss as f64 - expect).abs() < 1e-5, "{loss} vs {expect}");
+        Ok(())
+    }
+
+    #[test]
+    fn contrastive_rejects_odd_batches() -> Result<()> {
+        let emb = Tensor::ones((3, 2), DType::F32, &Device::Cpu)?;
+        assert!(contrastive(&emb, &Tensor::new(0f32, &Device::Cpu)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn generation_matches_hand_computation() -> Result<()> {
+        let logits = Tensor::new(&[[2.0f32, 0.0, 0.0], [0.0, 1.0, 3.0]], &Device::Cpu)?;
+        let targets = Tensor::new(&[0u32, 1], &Device::Cpu)?;
+        let got = generation(&logits, &targets)?.to_scalar::<f32>()? as f64;
+        let lse = |v: &[f64]| v.iter().map(|x| x.exp()).sum::<f64>().ln();
+        let expect = ((lse(&[2.0, 0.0, 0.0]) - 2.0) + (lse(&[0.0, 1.0, 3.0]) - 1.0)) / 2.0;
+        assert!((got - expect).abs() < 1e-5, "{got} vs {expect}");
+        Ok(())
+    }
+
+    #[test]
+    fn total_weights_the_two_losses() -> Result<()> {
+        let cl = Tensor::new(2.0f32, &Device::Cpu)?;
+        let gen = Tensor::new(4.0f32, &Device::Cpu)?;
+        let t = total(&cl, Some(&gen), 0.01)?.to_scalar::<f32>()?;
+        assert!((t as f64 - (2.0 + 0.04) / 1.01).abs() < 1e-6);
+        assert_eq!(total(&cl, Some(&gen), 0.0)?.to_scalar::<f32>()?, 2.0);
+        assert_eq!(total(&cl, None, 0.01)?.to_scalar::<f32>()?, 2.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,602 @@
+//! `notellm train`: the NoteLLM recipe (GCL + CSFT) over a dataset directory's training pairs.
+//!
+//! One optimizer step = `accumulation` micro-batches of `pairs_per_step` related pairs
+//! (2B notes each, in-batch negatives within a micro-batch). Batches are cut deterministically
+//! from `(seed, epoch)`, never holding the same note twice (a duplicate would be its own false
+//! negative), so a resumed run replays exactly the batches the interrupted one would have seen
+//! and, on CPU, continues bit-identically.
+//!
+//! Output directory:
+//! - the full checkpoint (`config.json`, `tokenizer.json`, `notellm.json`, `model.safetensors`),
+//!   which the service loads unchanged;
+//! - `trained.safetensors`: only the trained tensors (f16), what `models/` commits and
+//!   [`crate::model::overlay`] puts back on the base;
+//! - `train-state/`: variables, optimizer moments and the step, for `--resume`;
+//! - `train.json`: the options and the validation history.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::examples::{self, Example};
+use super::loss;
+use super::model::{ModelOptions, TrainableModel};
+use super::optim::{self, AdamW, AdamWParams};
+use crate::data::{Dataset, Part};
+use crate::model::{ModelError, NoteLlmConfig};
+use crate::note::NoteId;
+use crate::prompt::Limits;
+
+pub const STATE_DIR: &str = "train-state";
+pub const TRAINED_FILE: &str = "trained.safetensors";
+pub const LOG_FILE: &str = "train.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Everything that decides what a run computes (saved with the state; a resume must match).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub train_layers: usize,
+    pub embedding_dim: usize,
+    pub pairs_per_step: usize,
+    pub accumulation: usize,
+    pub epochs: f64,
+    /// Use at most this many training pairs (a seeded sample), e.g. to fit a CPU budget.
+    pub max_pairs: Option<usize>,
+    pub lr: f64,
+    pub warmup_share: f64,
+    pub weight_decay: f64,
+    pub clip_norm: f64,
+    pub alpha: f64,
+    pub hashtag_share: f64,
+    pub tau_init: f64,
+    pub seed: u64,
+    pub cache_frozen: bool,
+    /// Validation every this many steps (and at the end); 0 = only at the end.
+    pub val_every: u64,
+    pub val_pairs: usize,
+    pub val_pool: usize,
+    pub recall_k: Vec<usize>,
+    pub save_every: u64,
+    pub model_version: String,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            train_layers: 4,
+            embedding_dim: 128,
+            pairs_per_step: 16,
+            accumulation: 1,
+            epochs: 1.0,
+            max_pairs: None,
+            lr: 5e-5,
+            warmup_share: 0.1,
+            weight_decay: 0.001,
+            clip_norm: 1.0,
+            alpha: 0.01,
+            hashtag_share: 0.4,
+            tau_init: 3.0,
+            seed: 42,
+            cache_frozen: true,
+            val_every: 0,
+            val_pairs: 200,
+            val_pool: 600,
+            recall_k: vec![10, 100],
+            save_every: 50,
+            model_version: "notellm".into(),
+        }
+    }
+}
+
+/// One validation result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validation {
+    pub step: u64,
+    pub recall: Vec<(usize, f64)>,
+    pub pairs: usize,
+    pub pool: usize,
+}
+
+/// Progress saved in `train-state/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    step: u64,
+    options: TrainOptions,
+    history: Vec<Validation>,
+    losses: Vec<(u64, f64)>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub final_loss: f64,
+    pub history: Vec<Validation>,
+    pub losses: Vec<(u64, f64)>,
+    pub seconds: f64,
+    pub notes_per_second: f64,
+}
+
+/// Batches of pair indices for `epoch`: a seeded shuffle, then greedy filling that defers a
+/// pair whose note is already in the batch to a later batch. Partial last batches are dropped.
+pub fn epoch_batches(pairs: &[(usize, usize)], per_batch: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let mut batches = Vec::new();
+    let mut pending: std::collections::VecDeque<usize> = order.into();
+    while pending.len() >= per_batch {
+        let mut batch = Vec::with_capacity(per_batch);
+        let mut notes = std::collections::HashSet::new();
+        let mut deferred = Vec::new();
+        while batch.len() < per_batch {
+            let Some(p) = pending.pop_front() else { break };
+            let (a, b) = pairs[p];
+            if a != b && !notes.contains(&a) && !notes.contains(&b) {
+                notes.insert(a);
+                notes.insert(b);
+                batch.push(p);
+            } else {
+                deferred.push(p);
+            }
+        }
+        if batch.len() < per_batch {
+            break;
+        }
+        // Deferred pairs go first into the next batch, in order.
+        for p in deferred.into_iter().rev() {
+            pending.push_front(p);
+        }
+        batches.push(batch);
+        if batches.len() > pairs.len() {
+            break;
+        }
+    }
+    batches
+}
+
+/// The trainer: model, optimizer, data.
+pub struct Trainer {
+    pub model: TrainableModel,
+    opt: AdamW,
+    data: Dataset,
+    opts: TrainOptions,
+    /// Training pairs as note indices into `data.notes`.
+    pairs: Vec<(usize, usize)>,
+    examples: HashMap<usize, Option<Example>>,
+    limits: Limits,
+    out: PathBuf,
+    state: State,
+    val: Option<ValSet>,
+}
+
+/// The fixed validation sample: pairs and the pool they are ranked in.
+struct ValSet {
+    pool: Vec<NoteId>,
+    examples: Vec<Example>,
+    pairs: Vec<(NoteId, NoteId)>,
+}
+
+impl Trainer {
+    pub fn new(data_dir: &Path, base: &Path, out: &Path, device: &Device, opts: TrainOptions) -> Result<Self> {
+        if opts.pairs_per_step < 2 {
+            return Err(TrainError::Invalid("pairs_per_step must be at least 2 (in-batch negatives)".into()));
+        }
+        if opts.accumulation == 0 || opts.epochs <= 0.0 || opts.lr <= 0.0 {
+            return Err(TrainError::Invalid("accumulation, epochs and lr must be positive".into()));
+        }
+        let data = Dataset::load(data_dir)?;
+        let model = TrainableModel::load(
+            base,
+            device,
+            &ModelOptions {
+                train_layers: opts.train_layers,
+                embedding_dim: opts.embedding_dim,
+                tau_init: opts.tau_init,
+                seed: opts.seed,
+                cache_frozen: opts.cache_frozen,
+            },
+        )?;
+        let params = AdamWParams { weight_decay: opts.weight_decay, ..Default::default() };
+        let opt = AdamW::new(model.vars().to_vec(), params)?;
+        let mut pairs: Vec<(usize, usize)> = data
+            .pairs(Part::Train)
+            .iter()
+            .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
+            .filter(|(a, b)| a != b)
+            .collect();
+        if let Some(max) = opts.max_pairs {
+            if pairs.len() > max {
+                pairs.shuffle(&mut StdRng::seed_from_u64(opts.seed));
+                pairs.truncate(max);
+                pairs.sort_unstable();
+            }
+        }
+        if pairs.len() < opts.pairs_per_step {
+            return Err(TrainError::Invalid(format!(
+                "{} training pairs is fewer than one batch of {}",
+                pairs.len(),
+                opts.pairs_per_step
+            )));
+        }
+        let limits = Limits {
+            title: model.base_config().max_title_tokens,
+            content: model.base_config().max_content_tokens,
+            topic: model.base_config().max_topic_tokens,
+        };
+        let state = State { step: 0, options: opts.clone(), history: Vec::new(), losses: Vec::new() };
+        let mut t = Self {
+            model,
+            opt,
+            data,
+            opts,
+            pairs,
+            examples: HashMap::new(),
+            limits,
+            out: out.to_owned(),
+            state,
+            val: None,
+        };
+        t.val = t.val_set()?;
+        tracing::info!(
+            pairs = t.pairs.len(),
+            steps = t.total_steps(),
+            val_pairs = t.val.as_ref().map_or(0, |v| v.pairs.len()),
+            "training set ready"
+        );
+        Ok(t)
+    }
+
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    fn batches_per_epoch(&self) -> usize {
+        epoch_batches(&self.pairs, self.opts.pairs_per_step, self.opts.seed, 0).len()
+    }
+
+    /// Optimizer steps in the whole run.
+    pub fn total_steps(&self) -> u64 {
+        let micro = (self.batches_per_epoch() as f64 * self.opts.epochs).floor() as u64;
+        (micro / self.opts.accumulation as u64).max(1)
+    }
+
+    fn val_set(&self) -> Result<Option<ValSet>> {
+        if self.opts.val_pairs == 0 {
+            return Ok(None);
+        }
+        let mut rng = StdRng::seed_from_u64(self.opts.seed.wrapping_add(1));
+        let mut pairs: Vec<(NoteId, NoteId)> =
+            self.data.pairs(Part::Val).iter().map(|p| (p.a.clone(), p.b.clone())).collect();
+        pairs.shuffle(&mut rng);
+        pairs.truncate(self.opts.val_pairs);
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let mut pool: Vec<NoteId> = pairs.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+        pool.sort();
+        pool.dedup();
+        let mut others: Vec<NoteId> =
+            self.data.ids(Part::Val).iter().filter(|id| pool.binary_search(id).is_err()).cloned().collect();
+        others.shuffle(&mut rng);
+        let extra = self.opts.val_pool.saturating_sub(pool.len());
+        pool.extend(others.into_iter().take(extra));
+        pool.sort();
+        let examples = pool
+            .iter()
+            .map(|id| {
+                let note = self.data.note(id).ok_or_else(|| TrainError::Invalid(format!("unknown note {id}")))?;
+                Ok(examples::for_embedding(self.model.tokenizer(), self.limits, note)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ValSet { pool, examples, pairs }))
+    }
+
+    fn example(&mut self, note: usize) -> Result<Option<Example>> {
+        if let Some(e) = self.examples.get(&note) {
+            return Ok(e.clone());
+        }
+        let line = &self.data.notes[note];
+        let (variant, output) =
+            examples::choose_variant(&line.note, line.note_id.as_str(), self.opts.hashtag_share, self.opts.seed);
+        let ex = match examples::build(self.model.tokenizer(), self.limits, &line.note, variant, output.as_deref()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::warn!(note = %line.note_id, error = %e, "note left out of training");
+                None
+            }
+        };
+        self.examples.insert(note, ex.clone());
+        Ok(ex)
+    }
+
+    /// Loss of one micro-batch and its gradients.
+    fn micro_step(&mut self, batch: &[usize]) -> Result<(f64, f64, Option<f64>, GradStore)> {
+        let mut exs = Vec::with_capacity(batch.len() * 2);
+        for &p in batch {
+            let (a, b) = self.pairs[p];
+            if let (Some(ea), Some(eb)) = (self.example(a)?, self.example(b)?) {
+                exs.push(ea);
+                exs.push(eb);
+            }
+        }
+        if exs.len() < 4 {
+            return Err(TrainError::Invalid("a batch has fewer than two usable pairs".into()));
+        }
+        let refs: Vec<&Example> = exs.iter().collect();
+        let f = self.model.forward(&refs, self.opts.alpha > 0.0)?;
+        let cl = loss::contrastive(&f.embeddings, self.model.tau_tensor())?;
+        let gen = f.generation.as_ref().map(|(l, t)| loss::generation(l, t)).transpose()?;
+        let total = loss::total(&cl, gen.as_ref(), self.opts.alpha)?;
+        let scaled = (&total / self.opts.accumulation as f64)?;
+        let grads = scaled.backward()?;
+        let as_f64 = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+        Ok((as_f64(&total)?, as_f64(&cl)?, gen.as_ref().map(as_f64).transpose()?, grads))
+    }
+
+    /// Runs the remaining steps, validating and saving as configured, and writes the final
+    /// checkpoint. `stop_after` ends early after that many steps of this call (tests, budgets);
+    /// the state is saved so that `--resume` continues.
+    pub fn run(&mut self, stop_after: Option<u64>) -> Result<Summary> {
+        let total = self.total_steps();
+        let warmup = (total as f64 * self.opts.warmup_share).round() as u64;
+        let per_epoch = self.batches_per_epoch().max(1);
+        let started = Instant::now();
+        let mut notes = 0usize;
+        let pb = crate::progress::bar("training", total);
+        pb.set_position(self.state.step);
+        let vars: Vec<Var> = self.model.vars().iter().map(|(_, v, _)| v.clone()).collect();
+        let mut last_loss = f64::NAN;
+        let mut batches_epoch = u64::MAX;
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut done_here = 0u64;
+        while self.state.step < total {
+            if stop_after.is_some_and(|n| done_here >= n) {
+                break;
+            }
+            let step = self.state.step;
+            let lr = optim::learning_rate(step, warmup, total, self.opts.lr, 0.0);
+            let mut acc: Option<GradStore> = None;
+            let (mut l_sum, mut cl_sum, mut gen_sum, mut gen_n) = (0.0, 0.0, 0.0, 0usize);
+            for m in 0..self.opts.accumulation {
+                let micro = step as usize * self.opts.accumulation + m;
+                let epoch = (micro / per_epoch) as u64;
+                if epoch != batches_epoch {
+                    batches = epoch_batches(&self.pairs, self.opts.pairs_per_step, self.opts.seed, epoch);
+                    batches_epoch = epoch;
+                }
+                let batch = batches[micro % per_epoch].clone();
+                let (l, cl, gen, grads) = self.micro_step(&batch)?;
+                notes += batch.len() * 2;
+                l_sum += l;
+                cl_sum += cl;
+                if let Some(g) = gen {
+                    gen_sum += g;
+                    gen_n += 1;
+                }
+                acc = Some(match acc {
+                    None => grads,
+                    Some(mut a) => {
+                        for v in &vars {
+                            if let Some(g) = grads.get(v.as_tensor()) {
+                                let sum = match a.remove(v.as_tensor()) {
+                                    Some(prev) => (prev + g)?,
+                                    None => g.clone(),
+                                };
+                                a.insert(v.as_tensor(), sum);
+                            }
+                        }
+                        a
+                    }
+                });
+            }
+            let mut grads = acc.ok_or_else(|| TrainError::Invalid("no micro-batches".into()))?;
+            let norm = optim::clip_grad_norm(&mut grads, &vars, self.opts.clip_norm)?;
+            self.opt.step(&grads, lr)?;
+            let k = self.opts.accumulation as f64;
+            last_loss = l_sum / k;
+            if !last_loss.is_finite() {
+                return Err(TrainError::Invalid(format!("loss became {last_loss} at step {step}")));
+            }
+            self.state.step += 1;
+            done_here += 1;
+            self.state.losses.push((self.state.step, last_loss));
+            let rate = notes as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let gen_msg = if gen_n > 0 { format!(" gen {:.3}", gen_sum / gen_n as f64) } else { String::new() };
+            pb.set_message(format!(
+                "training loss {last_loss:.4} (cl {:.4}{gen_msg}) tau {:.3} |g| {norm:.2} lr {lr:.2e} {rate:.1} notes/s",
+                cl_sum / k,
+                self.model.tau()?
+            ));
+            pb.set_position(self.state.step);
+            tracing::debug!(step = self.state.step, loss = last_loss, cl = cl_sum / k, grad_norm = norm, lr, "step");
+            if self.opts.val_every > 0 && self.state.step % self.opts.val_every == 0 && self.state.step < total {
+                self.validate()?;
+            }
+            if self.opts.save_every > 0 && self.state.step % self.opts.save_every == 0 {
+                self.save_state()?;
+            }
+        }
+        pb.finish_and_clear();
+        let finished = self.state.step >= total;
+        if finished {
+            self.validate()?;
+        }
+        self.save_state()?;
+        if finished {
+            self.save_outputs()?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        Ok(Summary {
+            steps: self.state.step,
+            final_loss: last_loss,
+            history: self.state.history.clone(),
+            losses: self.state.losses.clone(),
+            seconds,
+            notes_per_second: notes as f64 / seconds.max(1e-9),
+        })
+    }
+
+    /// Recall@k of the current model on the validation sample.
+    pub fn validate(&mut self) -> Result<Option<Validation>> {
+        let Some(val) = &self.val else { return Ok(None) };
+        let examples = val.examples.clone();
+        let started = Instant::now();
+        let embs = self.model.embed(&examples, 16)?;
+        let pool: Vec<(NoteId, crate::note::Embedding)> = val.pool.iter().cloned().zip(embs).collect();
+        let recall = interim_recall(&pool, &val.pairs, &self.opts.recall_k);
+        let v = Validation { step: self.state.step, recall, pairs: val.pairs.len(), pool: val.pool.len() };
+        tracing::info!(
+            step = v.step,
+            recall = %v.recall.iter().map(|(k, r)| format!("R@{k}={:.2}%", r * 100.0)).collect::<Vec<_>>().join(" "),
+            pairs = v.pairs,
+            pool = v.pool,
+            seconds = started.elapsed().as_secs_f64(),
+            "validation"
+        );
+        self.state.history.push(v.clone());
+        Ok(Some(v))
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.out.join(STATE_DIR)
+    }
+
+    fn save_state(&self) -> Result<()> {
+        let dir = self.state_dir();
+        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+        candle_core::safetensors::save(&self.model.var_state()?, dir.join("vars.safetensors"))?;
+        candle_core::safetensors::save(&self.opt.state()?, dir.join("optimizer.safetensors"))?;
+        write_json(&dir.join("state.json"), &self.state)
+    }
+
+    /// Loads `train-state/` from the output directory if it is there; returns whether it was.
+    pub fn resume(&mut self) -> Result<bool> {
+        let dir = self.state_dir();
+        let path = dir.join("state.json");
+        if !path.is_file() {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+        let state: State =
+            serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        if state.options != self.opts {
+            return Err(TrainError::Invalid(format!(
+                "{} was made with other options; resume with the same options or use a new --out",
+                path.display()
+            )));
+        }
+        let vars = candle_core::safetensors::load(dir.join("vars.safetensors"), &Device::Cpu)?;
+        self.model.load_var_state(&vars)?;
+        let opt = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
+        self.opt.load_state(&opt)?;
+        tracing::info!(step = state.step, dir = %dir.display(), "resumed");
+        self.state = state;
+        Ok(true)
+    }
+
+    /// The checkpoint's `notellm.json`: the base's, with the head, the dataset's categories and
+    /// this run's model version.
+    pub fn output_config(&self) -> NoteLlmConfig {
+        let mut cfg = self.model.base_config().clone();
+        cfg.embedding_head = true;
+        cfg.embedding_dim = self.opts.embedding_dim;
+        cfg.model_version = self.opts.model_version.clone();
+        cfg.categories = self.data.categories.clone();
+        cfg
+    }
+
+    fn save_outputs(&self) -> Result<()> {
+        let cfg = self.output_config();
+        self.model.save_checkpoint(&self.out, &cfg)?;
+        let trained: HashMap<String, Tensor> = self
+            .model
+            .trained_tensors()?
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.to_dtype(DType::F16)?)))
+            .collect::<Result<_>>()?;
+        candle_core::safetensors::save(&trained, self.out.join(TRAINED_FILE))?;
+        write_json(&self.out.join(LOG_FILE), &self.state)?;
+        tracing::info!(out = %self.out.display(), version = %cfg.model_version, "checkpoint written");
+        Ok(())
+    }
+}
+
+// TODO(session 2): replace with crate::eval::recall once it lands.
+fn interim_recall(pool: &[(NoteId, crate::note::Embedding)], pairs: &[(NoteId, NoteId)], ks: &[usize]) -> Vec<(usize, f64)> {
+    let index: HashMap<&NoteId, usize> = pool.iter().enumerate().map(|(i, (id, _))| (id, i)).collect();
+    let mut hits = vec![0usize; ks.len()];
+    let mut n = 0usize;
+    for (a, b) in pairs {
+        let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) else { continue };
+        n += 1;
+        let target = pool[ia].1.cosine(&pool[ib].1);
+        let rank = pool.iter().enumerate().filter(|(j, (_, e))| *j != ia && *j != ib && pool[ia].1.cosine(e) > target).count();
+        for (h, &k) in hits.iter_mut().zip(ks) {
+            if rank < k {
+                *h += 1;
+            }
+        }
+    }
+    ks.iter().zip(hits).map(|(&k, h)| (k, h as f64 / n.max(1) as f64)).collect()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    std::fs::write(path, text).map_err(|source| TrainError::Io { path: path.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_deterministic_full_and_free_of_duplicate_notes() {
+        let pairs: Vec<(usize, usize)> = (0..100).map(|i| (i % 30, (i * 7 + 1) % 30)).collect();
+        let a = epoch_batches(&pairs, 4, 1, 0);
+        assert_eq!(a, epoch_batches(&pairs, 4, 1, 0));
+        assert_ne!(a, epoch_batches(&pairs, 4, 1, 1));
+        assert!(!a.is_empty());
+        for b in &a {
+            assert_eq!(b.len(), 4);
+            let mut notes: Vec<usize> = b.iter().flat_map(|&p| [pairs[p].0, pairs[p].1]).collect();
+            notes.sort_unstable();
+            let n = notes.len();
+            notes.dedup();
+            assert_eq!(notes.len(), n, "a note twice in {b:?}");
+        }
+        let mut used: Vec<usize> = a.concat();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(used.len(), a.len() * 4, "a pair used twice in one epoch");
+    }
+}
