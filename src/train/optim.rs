@@ -160,10 +160,8 @@ mod tests {
     #[test]
     fn adamw_first_step_moves_by_lr_against_the_gradient() -> Result<()> {
         let x = Var::new(&[1.0f32, -2.0], &Device::Cpu)?;
-        let mut opt = AdamW::new(
-            vec![("x".into(), x.clone(), false)],
-            AdamWParams { weight_decay: 0.0, ..Default::default() },
-        )?;
+        let mut opt =
+            AdamW::new(vec![("x".into(), x.clone(), false)], AdamWParams { weight_decay: 0.0, ..Default::default() })?;
         let loss = x.as_tensor().sqr()?.sum_all()?; // grad = 2x
         opt.step(&loss.backward()?, 0.1)?;
         // Bias-corrected first Adam step is lr * sign(g) (up to eps).
@@ -194,7 +192,7 @@ mod tests {
         let x = Var::new(&[3.0f32, 4.0], &Device::Cpu)?;
         let loss = (x.as_tensor().sqr()? * 0.5)?.sum_all()?; // grad = x, norm 5
         let mut grads = loss.backward()?;
-        let norm = clip_grad_norm(&mut grads, &[x.clone()], 1.0)?;
+        let norm = clip_grad_norm(&mut grads, std::slice::from_ref(&x), 1.0)?;
         assert!((norm - 5.0).abs() < 1e-6);
         let g = grads.get(x.as_tensor()).map(|g| g.to_vec1::<f32>()).transpose()?.unwrap_or_default();
         assert!((g[0] - 0.6).abs() < 1e-5 && (g[1] - 0.8).abs() < 1e-5, "{g:?}");
@@ -214,7 +212,10 @@ mod tests {
         let b = other.state()?;
         for (k, t) in &a {
             let u = &b[k];
-            assert_eq!(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?, u.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+            assert_eq!(
+                t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+                u.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?
+            );
         }
         Ok(())
     }

@@ -29,13 +29,13 @@ use super::examples::{self, Example};
 use super::loss;
 use super::model::{ModelOptions, TrainableModel};
 use super::optim::{self, AdamW, AdamWParams};
-use crate::data::{Dataset, Part};
+use crate::data::{Dataset, Pair, Part};
 use crate::model::{ModelError, NoteLlmConfig};
 use crate::note::NoteId;
 use crate::prompt::Limits;
 
 pub const STATE_DIR: &str = "train-state";
-pub const TRAINED_FILE: &str = "trained.safetensors";
+pub use crate::model::overlay::TRAINED_FILE;
 pub const LOG_FILE: &str = "train.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,7 @@ pub struct Trainer {
 struct ValSet {
     pool: Vec<NoteId>,
     examples: Vec<Example>,
-    pairs: Vec<(NoteId, NoteId)>,
+    pairs: Vec<Pair>,
 }
 
 impl Trainer {
@@ -295,14 +295,13 @@ impl Trainer {
             return Ok(None);
         }
         let mut rng = StdRng::seed_from_u64(self.opts.seed.wrapping_add(1));
-        let mut pairs: Vec<(NoteId, NoteId)> =
-            self.data.pairs(Part::Val).iter().map(|p| (p.a.clone(), p.b.clone())).collect();
+        let mut pairs: Vec<Pair> = self.data.pairs(Part::Val).to_vec();
         pairs.shuffle(&mut rng);
         pairs.truncate(self.opts.val_pairs);
         if pairs.is_empty() {
             return Ok(None);
         }
-        let mut pool: Vec<NoteId> = pairs.iter().flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+        let mut pool: Vec<NoteId> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
         pool.sort();
         pool.dedup();
         let mut others: Vec<NoteId> =
@@ -363,9 +362,9 @@ impl Trainer {
         Ok((as_f64(&total)?, as_f64(&cl)?, gen.as_ref().map(as_f64).transpose()?, grads))
     }
 
-    /// Runs the remaining steps, validating and saving as configured, and writes the final
-    /// checkpoint. `stop_after` ends early after that many steps of this call (tests, budgets);
-    /// the state is saved so that `--resume` continues.
+    /// Runs the remaining steps, validating and saving as configured, and writes the checkpoint
+    /// of the last step. `stop_after` ends early after that many steps of this call (tests,
+    /// budgets); the state is saved so that `--resume` continues.
     pub fn run(&mut self, stop_after: Option<u64>) -> Result<Summary> {
         let total = self.total_steps();
         let warmup = (total as f64 * self.opts.warmup_share).round() as u64;
@@ -438,7 +437,21 @@ impl Trainer {
                 self.model.tau()?
             ));
             pb.set_position(self.state.step);
-            tracing::debug!(step = self.state.step, loss = last_loss, cl = cl_sum / k, grad_norm = norm, lr, "step");
+            // The bar is hidden when stderr is not a terminal: log every 10th step instead.
+            if pb.is_hidden() && self.state.step % 10 == 0 {
+                tracing::info!(
+                    step = self.state.step,
+                    of = total,
+                    loss = last_loss,
+                    cl = cl_sum / k,
+                    tau = self.model.tau()?,
+                    grad_norm = norm,
+                    lr,
+                    notes_per_s = rate,
+                    cached_mb = self.model.cache_bytes() / (1 << 20),
+                    "step"
+                );
+            }
             if self.opts.val_every > 0 && self.state.step % self.opts.val_every == 0 && self.state.step < total {
                 self.validate()?;
             }
@@ -447,14 +460,13 @@ impl Trainer {
             }
         }
         pb.finish_and_clear();
-        let finished = self.state.step >= total;
-        if finished {
+        // Every invocation ends with a usable checkpoint of where it got to (a stopped run can
+        // be served, evaluated or resumed).
+        if self.state.history.last().is_none_or(|v| v.step != self.state.step) {
             self.validate()?;
         }
         self.save_state()?;
-        if finished {
-            self.save_outputs()?;
-        }
+        self.save_outputs()?;
         let seconds = started.elapsed().as_secs_f64();
         Ok(Summary {
             steps: self.state.step,
@@ -472,8 +484,10 @@ impl Trainer {
         let examples = val.examples.clone();
         let started = Instant::now();
         let embs = self.model.embed(&examples, 16)?;
-        let pool: Vec<(NoteId, crate::note::Embedding)> = val.pool.iter().cloned().zip(embs).collect();
-        let recall = interim_recall(&pool, &val.pairs, &self.opts.recall_k);
+        let opts = crate::eval::RecallOptions { ks: self.opts.recall_k.clone(), progress: false, ..Default::default() };
+        let report = crate::eval::evaluate_dense(&val.pool, &embs, &val.pairs, &opts)
+            .map_err(|e| TrainError::Invalid(format!("validation: {e}")))?;
+        let recall: Vec<(usize, f64)> = report.ks.iter().copied().zip(report.recall.iter().copied()).collect();
         let v = Validation { step: self.state.step, recall, pairs: val.pairs.len(), pool: val.pool.len() };
         tracing::info!(
             step = v.step,
@@ -549,25 +563,6 @@ impl Trainer {
         tracing::info!(out = %self.out.display(), version = %cfg.model_version, "checkpoint written");
         Ok(())
     }
-}
-
-// TODO(session 2): replace with crate::eval::recall once it lands.
-fn interim_recall(pool: &[(NoteId, crate::note::Embedding)], pairs: &[(NoteId, NoteId)], ks: &[usize]) -> Vec<(usize, f64)> {
-    let index: HashMap<&NoteId, usize> = pool.iter().enumerate().map(|(i, (id, _))| (id, i)).collect();
-    let mut hits = vec![0usize; ks.len()];
-    let mut n = 0usize;
-    for (a, b) in pairs {
-        let (Some(&ia), Some(&ib)) = (index.get(a), index.get(b)) else { continue };
-        n += 1;
-        let target = pool[ia].1.cosine(&pool[ib].1);
-        let rank = pool.iter().enumerate().filter(|(j, (_, e))| *j != ia && *j != ib && pool[ia].1.cosine(e) > target).count();
-        for (h, &k) in hits.iter_mut().zip(ks) {
-            if rank < k {
-                *h += 1;
-            }
-        }
-    }
-    ks.iter().zip(hits).map(|(&k, h)| (k, h as f64 / n.max(1) as f64)).collect()
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -1,0 +1,8 @@
+//! Datasets for training and evaluation: the dataset directory format ([`dataset`]) and the
+//! sources that produce it.
+
+pub mod dataset;
+pub mod deb822;
+pub mod debian;
+
+pub use dataset::{DataError, Dataset, Pair, Part, Session, Split};
