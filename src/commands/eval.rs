@@ -85,39 +85,24 @@ pub fn run(
         let name = system.name();
         tracing::info!(system = %name, notes = ids.len(), "evaluating");
         let started = Instant::now();
-        match system {
+        // Each system yields its recall report and the seconds spent encoding the pool.
+        let (report, encode) = match system {
             System::TfIdf => {
                 let tfidf = TfIdf::fit(&notes);
                 let encode = started.elapsed().as_secs_f64();
-                let report = evaluate(&ids, &tfidf, pairs, &recall_opts)?;
-                table.push(
-                    &name,
-                    &report,
-                    Timing { notes: ids.len(), encode_seconds: encode, search_seconds: report.seconds },
-                )?;
+                (evaluate(&ids, &tfidf, pairs, &recall_opts)?, encode)
             }
             System::MiniLm => {
                 let dir = fetch_minilm(&crate::model::fetch::default_cache_dir())?;
-                let model = MiniLm::load(&dir, device)?;
-                let embs = model.embed_notes(&notes, opts.batch_size)?;
+                let embs = MiniLm::load(&dir, device)?.embed_notes(&notes, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
-                let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
-                table.push(
-                    &name,
-                    &report,
-                    Timing { notes: ids.len(), encode_seconds: encode, search_seconds: report.seconds },
-                )?;
+                (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }
             System::NoteLlm { dir, .. } => {
                 let model = NoteLlm::load(dir, device)?;
                 let embs = crate::eval::embed_notellm(&model, &notes, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
                 let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
-                table.push(
-                    &name,
-                    &report,
-                    Timing { notes: ids.len(), encode_seconds: encode, search_seconds: report.seconds },
-                )?;
                 if !sample.is_empty() {
                     let gen_started = Instant::now();
                     let picked: Vec<Note> = sample.iter().map(|&i| notes[i].clone()).collect();
@@ -130,8 +115,11 @@ pub fn run(
                     let gen = evaluate_generation(picked.iter().zip(out.iter()), categories, &vocab);
                     table.push_generation(&name, gen, gen_started.elapsed().as_secs_f64());
                 }
+                (report, encode)
             }
-        }
+        };
+        let timing = Timing { notes: ids.len(), encode_seconds: encode, search_seconds: report.seconds };
+        table.push(&name, &report, timing)?;
         tracing::info!(system = %name, seconds = started.elapsed().as_secs_f64(), "evaluated");
     }
     Ok(table)

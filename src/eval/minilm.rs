@@ -229,24 +229,11 @@ impl MiniLm {
     /// progress bar. Returns one embedding per note, in order.
     pub fn embed_notes(&self, notes: &[Note], batch_size: usize) -> Result<Vec<Embedding>> {
         let seqs = notes.iter().map(|n| self.token_ids(&note_text(n))).collect::<Result<Vec<_>>>()?;
-        let mut order: Vec<usize> = (0..seqs.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
-        let bar = crate::progress::bar("MiniLM embed", notes.len() as u64);
-        let mut out: Vec<Option<Embedding>> = vec![None; notes.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
-            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+        super::embed_by_length(&seqs, batch_size, "MiniLM embed", |batch| {
             let tokens: usize = batch.iter().map(Vec::len).sum();
             let _span = tracing::debug_span!("minilm_batch", size = batch.len(), tokens).entered();
-            for (&i, e) in chunk.iter().zip(self.embed_ids(&batch)?) {
-                out[i] = Some(e);
-            }
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        out.into_iter()
-            .enumerate()
-            .map(|(i, e)| e.ok_or_else(|| EvalError::Input(format!("note {i} was not embedded"))))
-            .collect()
+            self.embed_ids(batch)
+        })
     }
 }
 
