@@ -130,4 +130,10 @@ impl NoteLlm {
     pub fn prefix_len(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.ids.len())
     }
+
+    /// The reused prefix's token ids (empty when reuse is off): a batch runs from the prefix's
+    /// cache only when every sequence starts with these ids and is longer.
+    pub fn prefix_ids(&self) -> &[u32] {
+        self.prefix.as_ref().map_or(&[], |p| &p.ids)
+    }
 }
