@@ -15,9 +15,13 @@
 //!
 //! A full queue is an immediate error (the caller answers 503/429 with `Retry-After`), never
 //! unbounded memory and never a panic.
+//!
+//! Background embedding (a re-index) shares the cores through [`Foreground`]: it runs a chunk
+//! only while no live note is queued or being embedded, and never at the same time as a live
+//! batch, so live writes wait at most for one background chunk.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,6 +97,34 @@ impl Budget {
     }
 }
 
+/// How busy the live embedding path is, for background work that must yield to it.
+#[derive(Debug, Default)]
+pub struct Foreground {
+    /// Live notes queued or being embedded.
+    pending: AtomicUsize,
+    /// Held while a batch runs, live or background: the two never compete for the cores.
+    compute: Mutex<()>,
+}
+
+impl Foreground {
+    /// No live note is queued or being embedded.
+    pub fn is_idle(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) == 0
+    }
+
+    /// Runs `f` (one batch's inference) while no other batch runs.
+    pub fn exclusive<T>(&self, f: impl FnOnce() -> T) -> T {
+        // A batch that panicked leaves nothing behind the lock to repair.
+        let _g = self.compute.lock().unwrap_or_else(|e| e.into_inner());
+        f()
+    }
+
+    fn done(&self, n: usize) {
+        // Never below zero, whatever the order of increments and decrements.
+        let _ = self.pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.saturating_sub(n)));
+    }
+}
+
 /// Queued notes drained into one sorting window, in batches.
 const WINDOW_BATCHES: usize = 4;
 
@@ -116,6 +148,7 @@ pub struct Batcher {
     cfg: BatcherConfig,
     metrics: Metrics,
     alive: Arc<AtomicBool>,
+    foreground: Arc<Foreground>,
 }
 
 impl Batcher {
@@ -123,10 +156,12 @@ impl Batcher {
         let (embed_tx, embed_rx) = mpsc::sync_channel(cfg.queue_capacity.max(1));
         let (gen_tx, gen_rx) = mpsc::sync_channel(cfg.gen_queue_capacity.max(1));
         let alive = Arc::new(AtomicBool::new(true));
+        let foreground = Arc::new(Foreground::default());
         {
             let (model, cfg, metrics, alive) = (model.clone(), cfg.clone(), metrics.clone(), alive.clone());
+            let fg = foreground.clone();
             std::thread::Builder::new().name("notellm-embed".into()).spawn(move || {
-                embed_worker(embed_rx, &model, &cfg, &metrics);
+                embed_worker(embed_rx, &model, &cfg, &metrics, &fg);
                 alive.store(false, Ordering::SeqCst);
             })?;
         }
@@ -137,11 +172,16 @@ impl Batcher {
                 .name(format!("notellm-gen-{i}"))
                 .spawn(move || gen_worker(&rx, &model, &metrics))?;
         }
-        Ok(Self { embed_tx, gen_tx, model, cfg, metrics, alive })
+        Ok(Self { embed_tx, gen_tx, model, cfg, metrics, alive, foreground })
     }
 
     pub fn model(&self) -> &NoteLlm {
         &self.model
+    }
+
+    /// The live embedding path's load, for background work that yields to it.
+    pub fn foreground(&self) -> Arc<Foreground> {
+        self.foreground.clone()
     }
 
     pub fn config(&self) -> &BatcherConfig {
@@ -160,16 +200,22 @@ impl Batcher {
             return Err(BatchError::TooLong { tokens: ids.len(), max: self.cfg.max_batch_tokens });
         }
         let (reply, rx) = oneshot::channel();
+        // Counted before it is queued: the worker may answer it before try_send returns.
+        self.foreground.pending.fetch_add(1, Ordering::SeqCst);
         match self.embed_tx.try_send(EmbedJob { ids, reply, enqueued: Instant::now() }) {
             Ok(()) => {
                 self.metrics.queue_depth.with_label_values(&["embed"]).inc();
                 Ok(rx)
             }
             Err(TrySendError::Full(_)) => {
+                self.foreground.done(1);
                 self.metrics.queue_rejected.with_label_values(&["embed"]).inc();
                 Err(BatchError::QueueFull { queue: "embed" })
             }
-            Err(TrySendError::Disconnected(_)) => Err(BatchError::Closed),
+            Err(TrySendError::Disconnected(_)) => {
+                self.foreground.done(1);
+                Err(BatchError::Closed)
+            }
         }
     }
 
@@ -208,7 +254,7 @@ impl Batcher {
 }
 
 /// Forms batches from the queue and runs them until every sender is gone.
-fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m: &Metrics) {
+fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m: &Metrics, fg: &Foreground) {
     let depth = m.queue_depth.with_label_values(&["embed"]);
     let dropped = m.requests_dropped.with_label_values(&["embed", "client_gone"]);
     let batch_notes = cfg.max_batch_notes.max(1);
@@ -247,11 +293,14 @@ fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m:
                 let gone = j.reply.is_closed();
                 if gone {
                     dropped.inc();
+                    fg.done(1);
                 }
                 !gone
             });
             if !batch.is_empty() {
-                run_batch(batch, model, m);
+                let n = batch.len();
+                fg.exclusive(|| run_batch(batch, model, m));
+                fg.done(n);
             }
         }
     }

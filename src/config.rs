@@ -42,6 +42,10 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Apply the store's schema migrations and exit.
     Migrate(StoreArgs),
+    /// Re-embed every stored note with a new checkpoint while the running service keeps
+    /// serving the old one, then switch it to the new model atomically (POST /admin/reindex on
+    /// the service, followed until done).
+    Reindex(crate::commands::reindex::ReindexArgs),
     /// Embed notes: notes JSONL on stdin, `{"note_id","embedding"}` JSONL on stdout.
     Embed(EmbedArgs),
     /// Generate hashtags and a category for one note; prints `{"hashtags":[...],"category":"..."}`.

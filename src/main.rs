@@ -74,6 +74,33 @@ fn run(cli: Cli) -> Result<()> {
             );
             anyhow::Ok(())
         })?,
+        Command::Reindex(a) => runtime()?.block_on(async {
+            use notellm::commands::reindex;
+            let mut reporter = reindex::Reporter::new(std::time::Duration::from_secs(5));
+            let result = reindex::run(&a, |s| reporter.show(s)).await;
+            reporter.finish();
+            let s = result?;
+            if a.cancel {
+                eprintln!("cancelling the re-index to {} (now {})", s.to_version, s.state.as_str());
+            } else if a.detach {
+                eprintln!(
+                    "re-index {} -> {} started (job {}); follow it with GET {}/admin/reindex",
+                    s.from_version, s.to_version, s.job_id, a.server
+                );
+            } else {
+                eprintln!(
+                    "re-index done: {} serves; {} notes ({} reused), {} changes caught up, writes held {:.3}s, {:.1}s",
+                    s.to_version,
+                    s.notes_done,
+                    s.notes_reused,
+                    s.changes_applied,
+                    s.write_hold_secs.unwrap_or(0.0),
+                    s.elapsed_secs
+                );
+            }
+            println!("{}", serde_json::to_string(&s)?);
+            anyhow::Ok(())
+        })?,
         Command::Migrate(a) => runtime()?.block_on(async {
             std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
             let url = a.database_url();

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,13 @@ use crate::batcher::{Batcher, BatcherConfig};
 use crate::index::{IndexConfig, NoteIndex};
 use crate::metrics::Metrics;
 use crate::model::{DeviceSpec, NoteLlm};
-use crate::service::{App, AppError, ServiceLimits};
+use crate::service::{App, AppError, ServiceLimits, Serving, ServingTemplate};
 use crate::store::{Store, StoreError, StoreOptions};
+
+pub use crate::service::snapshot_dir;
+
+/// How long a shutdown waits for a cancelled re-index to stop (a switch in progress finishes).
+const REINDEX_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// Everything the service needs to start.
 #[derive(Debug, Clone)]
@@ -65,13 +70,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
-/// Snapshots live per model version: vectors of two models never share an index.
-pub fn snapshot_dir(data_dir: &Path, model_version: &str) -> PathBuf {
-    let safe: String =
-        model_version.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    data_dir.join("index").join(safe)
-}
-
 /// Connects the store, loads the model, starts the batcher; the index is empty until
 /// [`App::restore`].
 pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
@@ -82,8 +80,10 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     let store = Store::connect_with(database_url.as_deref(), &cfg.data_dir, &opts).await?;
     tracing::info!(backend = store.backend(), "store connected, migrations applied");
     let device = cfg.device.open()?;
-    let dir = cfg.model_dir.clone();
-    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
+    // After a re-index, the store may name another checkpoint than --model (service/reindex).
+    let dir = crate::service::reindex::resolve_model_dir(&store, &cfg.model_dir).await;
+    let load_device = device.clone();
+    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &load_device))
         .await
         .map_err(|e| AppError::Internal(format!("model load task: {e}")))??;
     let model = Arc::new(model);
@@ -96,10 +96,12 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
         rebuild_tombstone_share: cfg.rebuild_tombstone_share,
         ..IndexConfig::new(model.embedding_dim())
     };
-    let index = NoteIndex::new(index_cfg)?;
-    let snapshots = snapshot_dir(&cfg.data_dir, &model.version().0);
+    let index = NoteIndex::new(index_cfg.clone())?;
     let batcher = Arc::new(Batcher::spawn(model, cfg.batcher.clone(), metrics.clone())?);
-    Ok(Arc::new(App::new(store, index, batcher, metrics, cfg.limits.clone(), snapshots)))
+    let serving = Serving::new(batcher, index, &cfg.data_dir);
+    let template =
+        ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
+    Ok(Arc::new(App::new(store, serving, template, metrics, cfg.limits.clone())))
 }
 
 /// Runs the HTTP service on `listener` until `shutdown` resolves.
@@ -138,6 +140,7 @@ pub async fn run(
     tracing::info!("stopped accepting; in-flight requests drained");
     snapshots.abort();
     restoring.abort();
+    stop_reindex(&app).await;
     match app.snapshot().await {
         Ok(true) => tracing::info!("final snapshot written"),
         Ok(false) => tracing::info!("index unchanged since the last snapshot"),
@@ -145,6 +148,23 @@ pub async fn run(
     }
     app.store.close().await;
     Ok(())
+}
+
+/// Cancels a running re-index and waits for it to stop: it must not write to a store being
+/// closed. What it staged stays for the next attempt.
+async fn stop_reindex(app: &App) {
+    if app.cancel_reindex().is_err() {
+        return;
+    }
+    tracing::info!("cancelling the running re-index");
+    let deadline = tokio::time::Instant::now() + REINDEX_STOP_WAIT;
+    while app.reindex_status().is_some_and(|s| !s.state.is_finished()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the re-index did not stop in time; shutting down anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Binds `addr`.

@@ -38,7 +38,15 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(round_trip, content_hash_and_replace, delete_and_changes, batch_put, scan_pagination, purge_tombstones,);
+conformance!(
+    round_trip,
+    content_hash_and_replace,
+    delete_and_changes,
+    batch_put,
+    scan_pagination,
+    purge_tombstones,
+    staging_and_promote,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_follower() {
@@ -241,7 +249,7 @@ async fn migrate_is_idempotent_and_guards_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions::default();
     let first = store::migrate(None, dir.path(), &opts).await.unwrap();
-    assert_eq!((first.backend, first.applied_now.clone(), first.latest), ("sqlite", vec![1], 1));
+    assert_eq!((first.backend, first.applied_now.clone(), first.latest), ("sqlite", vec![1, 2], 2));
     let again = store::migrate(None, dir.path(), &opts).await.unwrap();
     assert!(again.applied_now.is_empty());
 

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::batcher::BatchError;
-use crate::service::AppError;
+use crate::service::{AppError, ReindexError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -35,7 +35,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid `Authorization: Bearer <api key>` header is required for writes",
+            "a valid `Authorization: Bearer <api key>` header is required for writes and /admin",
         )
     }
 
@@ -84,6 +84,24 @@ impl From<AppError> for ApiError {
             }
             AppError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<ReindexError> for ApiError {
+    fn from(e: ReindexError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ReindexError::Running(_) => ApiError::new(StatusCode::CONFLICT, "reindex_running", msg),
+            ReindexError::AlreadyServing(_) => ApiError::new(StatusCode::CONFLICT, "already_serving", msg),
+            ReindexError::NotRunning => ApiError::not_found(msg),
+            ReindexError::BadModel { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", msg),
+            ReindexError::BadBatch(_) => ApiError::invalid(msg),
+            ReindexError::NotReady => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", msg).retry(5),
+            other => {
+                tracing::error!(error = %other, "re-index request failed");
                 ApiError::internal()
             }
         }

@@ -2,9 +2,10 @@
 //! the one JSON error shape, write authentication, request metrics, and the tower stack
 //! (request id, tracing, timeout, body limit, compression, concurrency limit with load shedding).
 //!
-//! Follow a request from [`router`] to a handler in `notes`, `related`, `suggest` or `health`,
-//! and from there into [`crate::service::App`].
+//! Follow a request from [`router`] to a handler in `notes`, `related`, `suggest`, `health` or
+//! `admin`, and from there into [`crate::service::App`].
 
+mod admin;
 mod error;
 mod health;
 mod notes;
@@ -74,6 +75,7 @@ pub fn router(app: Arc<App>, http: HttpConfig) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/admin/reindex", post(admin::start).get(admin::status).delete(admin::cancel))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -176,7 +178,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Guard for writes: when an API key is configured, the request must carry it as a bearer token.
+/// Guard for writes and `/admin/*`: when an API key is configured, the request must carry it as a
+/// bearer token.
 pub struct WriteAuth;
 
 impl FromRequestParts<AppState> for WriteAuth {

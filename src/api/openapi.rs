@@ -61,10 +61,21 @@ pub fn document() -> Value {
             "/readyz": { "get": { "summary": "Readiness: model loaded, index restored, store reachable",
                 "responses": { "200": { "description": "ready" }, "503": err("not ready") } } },
             "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text exposition format" } } } },
-            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+            "/openapi.json": { "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3.1" } } } },
+            "/admin/reindex": {
+                "post": { "summary": "Re-embed every stored note with a new checkpoint into a new index while the current model serves, then switch atomically",
+                    "security": auth, "requestBody": body("ReindexBody"),
+                    "responses": { "202": ok("started; follow it with GET", "ReindexStatus"), "401": err("missing or wrong API key"),
+                        "409": err("a re-index is running, or the checkpoint is the serving model"),
+                        "422": err("the checkpoint is missing or invalid, or batch_notes out of range"), "503": err("not ready") } },
+                "get": { "summary": "The running re-index, else the last one since the process started", "security": auth,
+                    "responses": { "200": ok("status", "ReindexStatus"), "401": err("missing or wrong API key"), "404": err("none has run") } },
+                "delete": { "summary": "Cancel the running re-index before its switch; what it staged is reused by the next one", "security": auth,
+                    "responses": { "202": ok("cancelling", "ReindexStatus"), "401": err("missing or wrong API key"), "404": err("none running") } }
+            }
         },
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "NOTELLM_API_KEY; required on writes when set" } },
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "NOTELLM_API_KEY; required on writes and /admin when set" } },
             "schemas": {
                 "NoteBody": { "type": "object", "additionalProperties": false, "properties": {
                     "title": { "type": "string" }, "content": { "type": "string" },
@@ -89,6 +100,18 @@ pub fn document() -> Value {
                         "note_id": { "type": "string" }, "score": { "type": "number", "description": "cosine similarity" } } } } } },
                 "Suggestion": { "type": "object", "properties": { "hashtags": { "type": "array", "items": { "type": "string" } },
                     "category": { "type": ["string", "null"] } } },
+                "ReindexBody": { "type": "object", "additionalProperties": false, "required": ["model"], "properties": {
+                    "model": { "type": "string", "description": "checkpoint directory on the server" },
+                    "batch_notes": { "type": "integer", "minimum": 1, "maximum": 1024, "default": 8,
+                        "description": "notes per background chunk; a live write waits for at most one chunk" } } },
+                "ReindexStatus": { "type": "object", "properties": {
+                    "job_id": { "type": "string" },
+                    "state": { "enum": ["loading", "embedding", "catching_up", "switching", "done", "failed", "cancelled"] },
+                    "model_dir": { "type": "string" }, "from_version": { "type": "string" }, "to_version": { "type": "string" },
+                    "batch_notes": { "type": "integer" }, "notes_total": { "type": "integer" }, "notes_done": { "type": "integer" },
+                    "notes_reused": { "type": "integer" }, "changes_applied": { "type": "integer" },
+                    "write_hold_secs": { "type": ["number", "null"] }, "started_at_unix": { "type": "integer" },
+                    "elapsed_secs": { "type": "number" }, "error": { "type": ["string", "null"] } } },
                 "ErrorBody": { "type": "object", "properties": { "code": { "type": "string" }, "message": { "type": "string" } } },
                 "Error": { "type": "object", "properties": { "error": { "$ref": "#/components/schemas/ErrorBody" } } }
             }

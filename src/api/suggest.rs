@@ -26,7 +26,7 @@ pub async fn suggest_tags(
     ApiJson(b): ApiJson<SuggestBody>,
 ) -> Result<Json<Suggestion>, ApiError> {
     let l = &s.app.limits;
-    let j = b.max_hashtags.unwrap_or_else(|| s.app.batcher.model().config().hashtag_count);
+    let j = b.max_hashtags.unwrap_or_else(|| s.app.default_hashtags());
     if j == 0 || j > l.max_suggest_hashtags {
         return Err(ApiError::invalid(format!(
             "max_hashtags must be between 1 and {}, got {j}",

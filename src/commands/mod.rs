@@ -5,3 +5,4 @@ pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod ingest;
+pub mod reindex;

@@ -7,11 +7,17 @@
 //! writes of one note therefore reach store and index in the same order, and a snapshot (which
 //! takes the exclusive side of the gate) sees an index that holds exactly the store's changes up
 //! to the seq it is tagged with.
+//!
+//! What serves is one [`Serving`] (model version, batcher, index, snapshot folder), swapped whole
+//! by a re-index (`reindex/`) while it holds the exclusive side of the gate. A request takes the
+//! current `Serving` once, so its answer comes from one model version; a write that embedded with
+//! a model that was switched out before it got the gate embeds again with the new one.
 
 mod error;
+pub mod reindex;
 mod restore;
+mod serving;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -20,8 +26,9 @@ use serde::Serialize;
 use tokio::sync::{Mutex as AsyncMutex, RwLock};
 
 pub use error::AppError;
+pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus};
+pub use serving::{snapshot_dir, Serving, ServingTemplate};
 
-use crate::batcher::Batcher;
 use crate::index::{Hit, NoteIndex};
 use crate::metrics::Metrics;
 use crate::model::Suggestion;
@@ -92,66 +99,76 @@ pub struct Related {
 pub struct App {
     pub store: Store,
     /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
-    index: std::sync::RwLock<Arc<NoteIndex>>,
-    pub batcher: Arc<Batcher>,
+    serving: std::sync::RwLock<Arc<Serving>>,
+    /// How to build a `Serving` for another checkpoint.
+    template: ServingTemplate,
     pub metrics: Metrics,
     pub limits: ServiceLimits,
-    model_version: ModelVersion,
     gate: RwLock<()>,
     stripes: Vec<AsyncMutex<()>>,
     ready: AtomicBool,
-    snapshot_dir: PathBuf,
     /// When the index last matched a snapshot on disk (written or loaded).
     snapshot_at: Mutex<Option<SystemTime>>,
     /// Whether the index changed since that snapshot.
     dirty: AtomicBool,
     rebuilding: Arc<AtomicBool>,
+    /// The running or last re-index.
+    reindex: reindex::Slot,
 }
 
 impl App {
     pub fn new(
         store: Store,
-        index: NoteIndex,
-        batcher: Arc<Batcher>,
+        serving: Serving,
+        template: ServingTemplate,
         metrics: Metrics,
         limits: ServiceLimits,
-        snapshot_dir: PathBuf,
     ) -> Self {
-        let model_version = batcher.model().version().clone();
         Self {
             store,
-            index: std::sync::RwLock::new(Arc::new(index)),
-            batcher,
+            serving: std::sync::RwLock::new(Arc::new(serving)),
+            template,
             metrics,
             limits,
-            model_version,
             gate: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
             ready: AtomicBool::new(false),
-            snapshot_dir,
             snapshot_at: Mutex::new(None),
             dirty: AtomicBool::new(false),
             rebuilding: Arc::new(AtomicBool::new(false)),
+            reindex: reindex::Slot::default(),
         }
     }
 
-    /// The index currently serving.
-    pub fn index(&self) -> Arc<NoteIndex> {
-        match self.index.read() {
+    /// The model version, batcher and index serving now.
+    pub fn serving(&self) -> Arc<Serving> {
+        match self.serving.read() {
             Ok(g) => g.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
-    fn set_index(&self, index: NoteIndex) {
-        match self.index.write() {
-            Ok(mut g) => *g = Arc::new(index),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(index),
+    fn set_serving(&self, serving: Serving) {
+        let serving = Arc::new(serving);
+        match self.serving.write() {
+            Ok(mut g) => *g = serving,
+            Err(poisoned) => *poisoned.into_inner() = serving,
         }
     }
 
-    pub fn model_version(&self) -> &ModelVersion {
-        &self.model_version
+    /// The index currently serving.
+    pub fn index(&self) -> Arc<NoteIndex> {
+        self.serving().index.clone()
+    }
+
+    /// The model version currently serving.
+    pub fn model_version(&self) -> ModelVersion {
+        self.serving().version.clone()
+    }
+
+    /// `/suggest-tags`' default number of hashtags: the serving checkpoint's.
+    pub fn default_hashtags(&self) -> usize {
+        self.serving().batcher.model().config().hashtag_count
     }
 
     /// The index is restored and writes are accepted.
@@ -200,6 +217,23 @@ impl App {
     /// input, in order; a note that fails to embed does not stop the others.
     pub async fn put_notes(&self, items: Vec<(NoteId, Note)>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
         self.require_ready()?;
+        loop {
+            let serving = self.serving();
+            if let Some(results) = self.put_with(&serving, &items).await? {
+                return Ok(results);
+            }
+            tracing::info!(from = %serving.version, "models were switched while embedding a write; embedding again");
+        }
+    }
+
+    /// One attempt of [`put_notes`](Self::put_notes) with `serving`'s model; `None` when a switch
+    /// replaced it before the write got the gate (nothing was written).
+    async fn put_with(
+        &self,
+        serving: &Arc<Serving>,
+        items: &[(NoteId, Note)],
+    ) -> Result<Option<Vec<Result<PutOutcome, AppError>>>, AppError> {
+        let version = &serving.version;
         let mut results: Vec<Option<Result<PutOutcome, AppError>>> = (0..items.len()).map(|_| None).collect();
         let mut hashes = Vec::with_capacity(items.len());
         let mut previous = Vec::with_capacity(items.len());
@@ -207,12 +241,12 @@ impl App {
         for (i, (id, note)) in items.iter().enumerate() {
             let hash = content_hash(note);
             let prev = self.store.content_hash(id).await.map_err(|e| self.store_err("get", e))?;
-            if prev.as_deref() == Some(hash.as_str()) && self.index().contains(id) {
+            if prev.as_deref() == Some(hash.as_str()) && serving.index.contains(id) {
                 results[i] = Some(Ok(PutOutcome {
                     note_id: id.clone(),
                     status: WriteStatus::Unchanged,
                     seq: None,
-                    model_version: self.model_version.clone(),
+                    model_version: version.clone(),
                 }));
             } else {
                 to_embed.push(i);
@@ -221,7 +255,7 @@ impl App {
             previous.push(prev);
         }
         let notes: Vec<Note> = to_embed.iter().map(|&i| items[i].1.clone()).collect();
-        let embedded = self.batcher.embed_many(&notes).await;
+        let embedded = serving.batcher.embed_many(&notes).await;
         let mut ok: Vec<(usize, Embedding)> = Vec::new();
         for (&i, r) in to_embed.iter().zip(embedded) {
             match r {
@@ -231,6 +265,10 @@ impl App {
         }
         if !ok.is_empty() {
             let _gate = self.gate.read().await;
+            // The serving model only changes under the exclusive gate, so from here it holds.
+            if !Arc::ptr_eq(&self.serving(), serving) {
+                return Ok(None);
+            }
             let mut stripes: Vec<usize> = ok.iter().map(|(i, _)| self.stripe(&items[*i].0)).collect();
             stripes.sort_unstable();
             stripes.dedup();
@@ -245,12 +283,12 @@ impl App {
                     note: &items[*i].1,
                     content_hash: &hashes[*i],
                     embedding: e,
-                    model_version: &self.model_version,
+                    model_version: version,
                 })
                 .collect();
             let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
             let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
-            self.index().upsert_batch(&batch)?;
+            serving.index.upsert_batch(&batch)?;
             drop(guards);
             for ((i, _), seq) in ok.iter().zip(seqs) {
                 let status = if previous[*i].is_some() { WriteStatus::Updated } else { WriteStatus::Created };
@@ -258,15 +296,17 @@ impl App {
                     note_id: items[*i].0.clone(),
                     status,
                     seq: Some(seq),
-                    model_version: self.model_version.clone(),
+                    model_version: version.clone(),
                 }));
             }
             self.after_write();
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into()))))
-            .collect())
+        Ok(Some(
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into()))))
+                .collect(),
+        ))
     }
 
     pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
@@ -288,41 +328,49 @@ impl App {
     /// Top-k notes related to a stored note, never itself or a deleted note.
     pub async fn related(&self, id: &NoteId, k: usize) -> Result<Related, AppError> {
         self.require_ready()?;
+        let mut serving = self.serving();
         let (query, version) =
             self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
-        if version != self.model_version {
+        if version != serving.version {
+            // A re-index switch commits the store's rows and then swaps the serving model, both
+            // under the exclusive gate: a read that saw a switched row waits for the swap.
+            let _gate = self.gate.read().await;
+            serving = self.serving();
+        }
+        if version != serving.version {
             return Err(AppError::Conflict(format!(
                 "note {id} was embedded by model {version}, this service serves {}; run `notellm reindex`",
-                self.model_version
+                serving.version
             )));
         }
-        let hits = self.index().search(&query, k, Some(id))?;
-        Ok(self.related_answer(Some(id.clone()), hits))
+        let hits = serving.index.search(&query, k, Some(id))?;
+        Ok(Self::related_answer(&serving, Some(id.clone()), hits))
     }
 
     /// Related notes for an unsaved draft (cold start); nothing is stored.
     pub async fn related_draft(&self, note: &Note, k: usize) -> Result<Related, AppError> {
         self.require_ready()?;
-        let e = self.batcher.embed(note).await?;
-        let hits = self.index().search(&e, k, None)?;
-        Ok(self.related_answer(None, hits))
+        let serving = self.serving();
+        let e = serving.batcher.embed(note).await?;
+        let hits = serving.index.search(&e, k, None)?;
+        Ok(Self::related_answer(&serving, None, hits))
     }
 
-    fn related_answer(&self, id: Option<NoteId>, hits: Vec<Hit>) -> Related {
+    fn related_answer(serving: &Serving, id: Option<NoteId>, hits: Vec<Hit>) -> Related {
         Related {
             note_id: id,
-            model_version: self.model_version.clone(),
+            model_version: serving.version.clone(),
             related: hits.into_iter().map(|h| RelatedNote { note_id: h.id, score: h.score }).collect(),
         }
     }
 
     pub async fn suggest(&self, note: Note, max_hashtags: usize) -> Result<Suggestion, AppError> {
-        Ok(self.batcher.suggest(note, max_hashtags).await?)
+        Ok(self.serving().batcher.suggest(note, max_hashtags).await?)
     }
 
     /// Readiness: the model thread runs, the index is restored and the store answers.
     pub async fn readiness(&self) -> Result<(), String> {
-        if !self.batcher.is_alive() {
+        if !self.serving().batcher.is_alive() {
             return Err("the inference worker has stopped".into());
         }
         if !self.is_ready() {
@@ -367,7 +415,8 @@ impl App {
         }
         let _gate = self.gate.write().await;
         let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
-        let (index, dir) = (self.index(), self.snapshot_dir.clone());
+        let serving = self.serving();
+        let (index, dir) = (serving.index.clone(), serving.snapshot_dir.clone());
         let started = Instant::now();
         tokio::task::spawn_blocking(move || index.save_snapshot(&dir, seq))
             .await
@@ -377,6 +426,7 @@ impl App {
         tracing::info!(
             seq,
             notes = self.index().len(),
+            model_version = %serving.version,
             secs = started.elapsed().as_secs_f64(),
             "index snapshot written"
         );

@@ -17,8 +17,9 @@ impl App {
     /// Restores the index and marks the service ready.
     pub async fn restore(&self) -> Result<(), AppError> {
         let started = Instant::now();
-        let cfg = self.index().config().clone();
-        let dir = self.snapshot_dir.clone();
+        let serving = self.serving();
+        let cfg = serving.index.config().clone();
+        let dir = serving.snapshot_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || NoteIndex::load_snapshot(&dir, cfg))
             .await
             .map_err(|e| AppError::Internal(format!("snapshot load task: {e}")))?;
@@ -35,7 +36,7 @@ impl App {
                 }
             }
             Ok(None) => {
-                tracing::info!(dir = %self.snapshot_dir.display(), "no index snapshot; building the index from the store");
+                tracing::info!(dir = %serving.snapshot_dir.display(), "no index snapshot; building the index from the store");
                 (self.rebuild_from_store().await?, true)
             }
             Err(e) => {
@@ -44,7 +45,7 @@ impl App {
             }
         };
         let notes = index.len();
-        self.set_index(index);
+        self.set_serving(serving.with_index(index));
         self.dirty.store(changed, Ordering::SeqCst);
         self.mark_snapshot();
         self.update_index_gauges();
@@ -55,6 +56,7 @@ impl App {
 
     /// Applies every change after `seq` to `index`; returns how many were applied.
     async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<usize, AppError> {
+        let mine = self.model_version();
         let mut applied = 0;
         loop {
             let changes = self.store.changes_since(seq, PAGE).await.map_err(|e| self.store_err("changes", e))?;
@@ -62,7 +64,7 @@ impl App {
             seq = last.seq();
             for c in changes {
                 match c {
-                    Change::Upsert { id, embedding, model_version, .. } if model_version == self.model_version => {
+                    Change::Upsert { id, embedding, model_version, .. } if model_version == mine => {
                         index.upsert(&id, &embedding)?
                     }
                     Change::Upsert { id, .. } | Change::Delete { id, .. } => {
@@ -78,6 +80,7 @@ impl App {
 
     /// A fresh index holding every stored vector of this model version.
     async fn rebuild_from_store(&self) -> Result<NoteIndex, AppError> {
+        let mine = self.model_version();
         let index = NoteIndex::new(self.index().config().clone())?;
         let total = self.store.count().await.map_err(|e| self.store_err("scan", e))?;
         let mut after: Option<NoteId> = None;
@@ -91,7 +94,7 @@ impl App {
             let mine: Vec<_> = page
                 .into_iter()
                 .filter(|(_, _, v)| {
-                    let ok = *v == self.model_version;
+                    let ok = *v == mine;
                     other_versions += u64::from(!ok);
                     ok
                 })
@@ -108,7 +111,7 @@ impl App {
         if other_versions > 0 {
             tracing::warn!(
                 other_versions,
-                model_version = %self.model_version,
+                model_version = %mine,
                 "stored notes embedded by another model version are not served; run `notellm reindex`"
             );
         }

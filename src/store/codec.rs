@@ -48,7 +48,7 @@ pub(crate) fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
-fn time_from_micros(id: &str, us: i64) -> Result<SystemTime, StoreError> {
+pub(crate) fn time_from_micros(id: &str, us: i64) -> Result<SystemTime, StoreError> {
     let t = if us >= 0 {
         UNIX_EPOCH.checked_add(Duration::from_micros(us.unsigned_abs()))
     } else {
@@ -57,7 +57,7 @@ fn time_from_micros(id: &str, us: i64) -> Result<SystemTime, StoreError> {
     t.ok_or_else(|| StoreError::corrupt(id, format!("timestamp {us} out of range")))
 }
 
-fn parse_id(id: &str) -> Result<NoteId, StoreError> {
+pub(crate) fn parse_id(id: &str) -> Result<NoteId, StoreError> {
     NoteId::parse(id).map_err(|e| StoreError::corrupt(id, e.to_string()))
 }
 

@@ -32,6 +32,11 @@ pub enum StoreError {
     #[error("corrupt stored row for note {id:?}: {reason}")]
     Corrupt { id: String, reason: String },
 
+    /// A re-index switch found notes without a current vector of the new version (they were
+    /// written after it last caught up, or by another process): nothing was changed.
+    #[error("{missing} notes have no current vector of model {version}; nothing was switched")]
+    Incomplete { version: String, missing: u64 },
+
     /// Tombstones a follower would need were purged: it must rebuild from a full scan.
     #[error(
         "changes after seq {since} can no longer be replayed (tombstones up to seq \
@@ -50,6 +55,7 @@ impl StoreError {
             StoreError::Migrate(_) => "migrate",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::ChangesPurged { .. } => "changes_purged",
+            StoreError::Incomplete { .. } => "incomplete",
         }
     }
 

@@ -28,9 +28,15 @@ use super::StoreError;
 /// One embedded migration: version, description, SQL.
 type Embedded = (i64, &'static str, &'static str);
 
-pub(crate) const POSTGRES: &[Embedded] = &[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))];
+pub(crate) const POSTGRES: &[Embedded] = &[
+    (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, "reindex", include_str!("../../migrations/postgres/0002_reindex.sql")),
+];
 
-pub(crate) const SQLITE: &[Embedded] = &[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))];
+pub(crate) const SQLITE: &[Embedded] = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "reindex", include_str!("../../migrations/sqlite/0002_reindex.sql")),
+];
 
 /// What `notellm migrate` (or a connect) did to the schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

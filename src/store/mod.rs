@@ -37,6 +37,12 @@
 //! 3. poll `changes_since(pos, limit)` from `pos = m`, applying each change and advancing `pos`
 //!    to the last seq seen. A change made during the scan has a seq above `m` and is replayed.
 //!
+//! # Re-indexing
+//!
+//! `note_vectors` holds vectors keyed by (note, model version) that a re-index stages while the
+//! old version keeps serving from `notes`; [`Store::promote`] switches them in, in one
+//! transaction (`staging.rs`).
+//!
 //! Tombstones older than a retention period can be dropped with
 //! [`Store::purge_tombstones`]; a follower whose position predates a purged tombstone then gets
 //! [`StoreError::ChangesPurged`] and must rebuild from a scan.
@@ -185,6 +191,11 @@ macro_rules! dispatch {
     };
 }
 
+// After the macro: `staging` dispatches with it.
+mod staging;
+
+pub use staging::{ActiveModel, Promotion, ReindexNote, StagedVector, Switch};
+
 /// Where `DATABASE_URL` points.
 enum Target<'a> {
     Postgres(&'a str),
@@ -299,7 +310,8 @@ impl Store {
         dispatch!(self, b => b.get_embedding(id).await)
     }
 
-    /// Deletes a note; returns the delete's seq, or `None` when the note is unknown (no change).
+    /// Deletes a note (and any vector of it staged by a re-index); returns the delete's seq, or
+    /// `None` when the note is unknown (no change).
     pub async fn delete_note(&self, id: &NoteId) -> Result<Option<i64>> {
         dispatch!(self, b => b.delete_note(id).await)
     }

@@ -14,7 +14,11 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgTransaction};
 
 use super::codec::{self, ChangeRow, EmbeddingRow, NoteRow, ScanRow};
 use super::migrations::{self, MigrationReport};
-use super::{Change, NoteWrite, Result, StoreError, StoreOptions, StoredNote};
+use super::staging::{ActiveRow, ReindexRow};
+use super::{
+    ActiveModel, Change, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions, StoredNote,
+    Switch,
+};
 use crate::note::{Embedding, ModelVersion, NoteId};
 
 /// A pooled Postgres store.
@@ -44,10 +48,31 @@ const UPSERT: &str = "WITH untomb AS (DELETE FROM note_tombstones WHERE note_id 
          dim = EXCLUDED.dim, model_version = EXCLUDED.model_version, seq = EXCLUDED.seq, \
          updated_at = now()";
 
-/// Deletes a note and leaves a tombstone; affects 0 rows when the note does not exist.
-const DELETE: &str = "WITH gone AS (DELETE FROM notes WHERE note_id = $1 RETURNING note_id) \
+/// Deletes a note and any staged vector of it and leaves a tombstone; affects 0 rows when the
+/// note does not exist.
+const DELETE: &str = "WITH gone AS (DELETE FROM notes WHERE note_id = $1 RETURNING note_id), \
+          unstaged AS (DELETE FROM note_vectors WHERE note_id = $1) \
      INSERT INTO note_tombstones (note_id, seq) SELECT note_id, $2 FROM gone \
      ON CONFLICT (note_id) DO UPDATE SET seq = EXCLUDED.seq, deleted_at = now()";
+
+/// A note's text and seq with its current staged vector of version `$2` (re-index reads).
+const REINDEX_SELECT: &str = "SELECT n.note_id, n.title, n.content, n.hashtags, n.category, n.seq, \
+         v.embedding AS staged, v.dim::BIGINT AS staged_dim \
+     FROM notes AS n LEFT JOIN note_vectors AS v \
+         ON v.note_id = n.note_id AND v.model_version = $2 AND v.source_seq = n.seq";
+
+const STAGE: &str = "INSERT INTO note_vectors (note_id, model_version, embedding, dim, source_seq) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (note_id, model_version) DO UPDATE SET embedding = EXCLUDED.embedding, \
+         dim = EXCLUDED.dim, source_seq = EXCLUDED.source_seq";
+
+/// The switch's row update: the staged vectors of `$1` into `notes`, and new seqs from `$2 + 1`
+/// in the old order. Postgres evaluates the FROM list on the statement's snapshot, so the
+/// numbering reads the rows as they were before the update.
+const PROMOTE: &str = "UPDATE notes AS n SET embedding = v.embedding, dim = v.dim, \
+         model_version = v.model_version, seq = $2 + r.rn \
+     FROM (SELECT note_id, row_number() OVER (ORDER BY seq) AS rn FROM notes) AS r, note_vectors AS v \
+     WHERE r.note_id = n.note_id AND v.note_id = n.note_id AND v.model_version = $1";
 
 const CHANGES: &str = "SELECT note_id, seq, embedding, dim, model_version FROM ( \
          SELECT note_id, seq, embedding, dim::BIGINT AS dim, model_version \
@@ -221,6 +246,114 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn reindex_scan(
+        &self,
+        after: Option<&NoteId>,
+        max_seq: i64,
+        limit: usize,
+        version: &ModelVersion,
+    ) -> Result<Vec<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id > $1 AND n.seq <= $4 ORDER BY n.note_id LIMIT $3");
+        let rows: Vec<ReindexRow> = sqlx::query_as(&sql)
+            .bind(after.map_or("", NoteId::as_str))
+            .bind(&version.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(max_seq)
+            .fetch_all(&self.pool)
+            .await?;
+        codec::decode_all(rows, ReindexRow::decode)
+    }
+
+    pub(crate) async fn reindex_note(&self, id: &NoteId, version: &ModelVersion) -> Result<Option<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id = $1");
+        let row: Option<ReindexRow> =
+            sqlx::query_as(&sql).bind(id.as_str()).bind(&version.0).fetch_optional(&self.pool).await?;
+        row.map(ReindexRow::decode).transpose()
+    }
+
+    pub(crate) async fn stage_vectors(&self, version: &ModelVersion, vectors: &[StagedVector<'_>]) -> Result<()> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for v in vectors {
+            sqlx::query(STAGE)
+                .bind(v.id.as_str())
+                .bind(&version.0)
+                .bind(codec::encode_embedding(v.embedding))
+                .bind(codec::embedding_dim(v.embedding)?)
+                .bind(v.source_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn unstage(&self, id: &NoteId) -> Result<()> {
+        sqlx::query("DELETE FROM note_vectors WHERE note_id = $1").bind(id.as_str()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn promote(&self, s: &Switch<'_>) -> Result<Promotion> {
+        let mut tx = self.pool.begin().await?;
+        // The counter row first, as every writer: no write can commit while the switch runs.
+        let before: i64 =
+            sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut *tx).await?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notes AS n WHERE NOT EXISTS (SELECT 1 FROM note_vectors AS v \
+             WHERE v.note_id = n.note_id AND v.model_version = $1 AND v.source_seq = n.seq)",
+        )
+        .bind(&s.model_version.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete {
+                version: s.model_version.0.clone(),
+                missing: u64::try_from(missing).unwrap_or(0),
+            });
+        }
+        let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(total).fetch_one(&mut *tx).await?;
+        let updated =
+            sqlx::query(PROMOTE).bind(&s.model_version.0).bind(before).execute(&mut *tx).await?.rows_affected();
+        let missing = u64::try_from(total).unwrap_or(0).saturating_sub(updated);
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete { version: s.model_version.0.clone(), missing });
+        }
+        sqlx::query("DELETE FROM note_vectors").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO notellm_active_model (id, model_version, model_dir, previous_version, switch_token) \
+             VALUES (1, $1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET model_version = EXCLUDED.model_version, \
+                 model_dir = EXCLUDED.model_dir, previous_version = EXCLUDED.previous_version, \
+                 switch_token = EXCLUDED.switch_token, switched_at = now()",
+        )
+        .bind(&s.model_version.0)
+        .bind(s.model_dir)
+        .bind(&s.previous_version.0)
+        .bind(s.switch_token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Promotion { notes: u64::try_from(total).unwrap_or(0), max_seq: last })
+    }
+
+    pub(crate) async fn active_model(&self) -> Result<Option<ActiveModel>> {
+        let row: Option<ActiveRow> = sqlx::query_as(
+            "SELECT model_version, model_dir, previous_version, switch_token, \
+                 (EXTRACT(EPOCH FROM switched_at) * 1000000)::BIGINT AS switched_us \
+             FROM notellm_active_model WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ActiveRow::decode).transpose()
     }
 }
 

@@ -21,7 +21,11 @@ use sqlx::sqlite::{
 
 use super::codec::{self, ChangeRow, EmbeddingRow, NoteRow, ScanRow};
 use super::migrations::{self, MigrationReport};
-use super::{Change, NoteWrite, Result, StoreError, StoreOptions, StoredNote};
+use super::staging::{ActiveRow, ReindexRow};
+use super::{
+    ActiveModel, Change, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions, StoredNote,
+    Switch,
+};
 use crate::note::{Embedding, ModelVersion, NoteId};
 
 /// Where the SQLite database lives.
@@ -54,6 +58,17 @@ const UPSERT: &str = "INSERT INTO notes (note_id, title, content, hashtags, cate
          content_hash = excluded.content_hash, embedding = excluded.embedding, \
          dim = excluded.dim, model_version = excluded.model_version, seq = excluded.seq, \
          updated_at = excluded.updated_at";
+
+/// A note's text and seq with its current staged vector of version `$2` (re-index reads).
+const REINDEX_SELECT: &str = "SELECT n.note_id, n.title, n.content, n.hashtags, n.category, n.seq, \
+         v.embedding AS staged, v.dim AS staged_dim \
+     FROM notes AS n LEFT JOIN note_vectors AS v \
+         ON v.note_id = n.note_id AND v.model_version = $2 AND v.source_seq = n.seq";
+
+const STAGE: &str = "INSERT INTO note_vectors (note_id, model_version, embedding, dim, source_seq) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (note_id, model_version) DO UPDATE SET embedding = excluded.embedding, \
+         dim = excluded.dim, source_seq = excluded.source_seq";
 
 const CHANGES: &str = "SELECT note_id, seq, embedding, dim, model_version FROM ( \
          SELECT note_id, seq, embedding, dim, model_version FROM notes WHERE seq > $1 \
@@ -180,6 +195,7 @@ impl SqliteStore {
             tx.rollback().await?;
             return Ok(None);
         }
+        sqlx::query("DELETE FROM note_vectors WHERE note_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO note_tombstones (note_id, seq, deleted_at) VALUES ($1, $2, $3) \
              ON CONFLICT (note_id) DO UPDATE SET seq = excluded.seq, deleted_at = excluded.deleted_at",
@@ -255,6 +271,134 @@ impl SqliteStore {
         Ok(purged)
     }
 
+    pub(crate) async fn reindex_scan(
+        &self,
+        after: Option<&NoteId>,
+        max_seq: i64,
+        limit: usize,
+        version: &ModelVersion,
+    ) -> Result<Vec<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id > $1 AND n.seq <= $4 ORDER BY n.note_id LIMIT $3");
+        let rows: Vec<ReindexRow> = sqlx::query_as(&sql)
+            .bind(after.map_or("", NoteId::as_str))
+            .bind(&version.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(max_seq)
+            .fetch_all(&self.reader)
+            .await?;
+        codec::decode_all(rows, ReindexRow::decode)
+    }
+
+    pub(crate) async fn reindex_note(&self, id: &NoteId, version: &ModelVersion) -> Result<Option<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id = $1");
+        let row: Option<ReindexRow> =
+            sqlx::query_as(&sql).bind(id.as_str()).bind(&version.0).fetch_optional(&self.reader).await?;
+        row.map(ReindexRow::decode).transpose()
+    }
+
+    pub(crate) async fn stage_vectors(&self, version: &ModelVersion, vectors: &[StagedVector<'_>]) -> Result<()> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for v in vectors {
+            sqlx::query(STAGE)
+                .bind(v.id.as_str())
+                .bind(&version.0)
+                .bind(codec::encode_embedding(v.embedding))
+                .bind(codec::embedding_dim(v.embedding)?)
+                .bind(v.source_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn unstage(&self, id: &NoteId) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM note_vectors WHERE note_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn promote(&self, s: &Switch<'_>) -> Result<Promotion> {
+        let mut tx = self.begin_write().await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut *tx).await?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notes AS n WHERE NOT EXISTS (SELECT 1 FROM note_vectors AS v \
+             WHERE v.note_id = n.note_id AND v.model_version = $1 AND v.source_seq = n.seq)",
+        )
+        .bind(&s.model_version.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete {
+                version: s.model_version.0.clone(),
+                missing: u64::try_from(missing).unwrap_or(0),
+            });
+        }
+        let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(total).fetch_one(&mut *tx).await?;
+        // New seqs in the old order, all above every old one (so the unique index on seq never
+        // sees a duplicate mid-update). Numbered into a temporary table first: the UPDATE then
+        // reads only tables it does not write.
+        sqlx::query("CREATE TEMP TABLE IF NOT EXISTS notellm_renumber (note_id TEXT PRIMARY KEY, seq INTEGER)")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM temp.notellm_renumber").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO temp.notellm_renumber (note_id, seq) \
+             SELECT note_id, $1 + row_number() OVER (ORDER BY seq) FROM notes",
+        )
+        .bind(last - total)
+        .execute(&mut *tx)
+        .await?;
+        let updated = sqlx::query(
+            "UPDATE notes SET embedding = v.embedding, dim = v.dim, model_version = v.model_version, seq = r.seq \
+             FROM temp.notellm_renumber AS r, note_vectors AS v \
+             WHERE r.note_id = notes.note_id AND v.note_id = notes.note_id AND v.model_version = $1",
+        )
+        .bind(&s.model_version.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let missing = u64::try_from(total).unwrap_or(0).saturating_sub(updated);
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete { version: s.model_version.0.clone(), missing });
+        }
+        sqlx::query("DELETE FROM temp.notellm_renumber").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM note_vectors").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO notellm_active_model \
+                 (id, model_version, model_dir, previous_version, switch_token, switched_at) \
+             VALUES (1, $1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET model_version = excluded.model_version, \
+                 model_dir = excluded.model_dir, previous_version = excluded.previous_version, \
+                 switch_token = excluded.switch_token, switched_at = excluded.switched_at",
+        )
+        .bind(&s.model_version.0)
+        .bind(s.model_dir)
+        .bind(&s.previous_version.0)
+        .bind(s.switch_token)
+        .bind(codec::now_micros())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Promotion { notes: u64::try_from(total).unwrap_or(0), max_seq: last })
+    }
+
+    pub(crate) async fn active_model(&self) -> Result<Option<ActiveModel>> {
+        let row: Option<ActiveRow> = sqlx::query_as(
+            "SELECT model_version, model_dir, previous_version, switch_token, switched_at AS switched_us \
+             FROM notellm_active_model WHERE id = 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(ActiveRow::decode).transpose()
+    }
+
     /// A write transaction that holds SQLite's write lock from its first statement.
     async fn begin_write(&self) -> Result<SqliteTransaction<'static>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
@@ -279,7 +423,7 @@ mod tests {
         let target = SqliteTarget::File(dir.path().join("t.sqlite"));
         let opts = StoreOptions { min_connections: 2, ..StoreOptions::default() };
         let (store, report) = SqliteStore::connect(&target, &opts).await.unwrap();
-        assert_eq!(report.applied_now, vec![1]);
+        assert_eq!(report.applied_now, vec![1, 2]);
         for pool in [&store.writer, &store.reader] {
             let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.unwrap();
             assert_eq!(sync, 2, "synchronous = FULL");

@@ -350,3 +350,91 @@ pub async fn purge_tombstones(store: &Store) {
     let s = put(store, &a, &note(3), &emb(3, 4)).await;
     assert_eq!(store.changes_since(m, 10).await.unwrap().iter().map(Change::seq).collect::<Vec<_>>(), vec![s]);
 }
+
+/// Re-index staging: vectors keyed by (note, version), current only for the seq they embedded;
+/// the switch is all or nothing, renumbers the change sequence and records the new version.
+pub async fn staging_and_promote(store: &Store) {
+    use notellm::store::{StagedVector, Switch};
+    let v2 = ModelVersion("test-model-v2".into());
+    let ids: Vec<NoteId> = ["a", "b", "c"].into_iter().map(id).collect();
+    let mut seqs = Vec::new();
+    for (i, n) in ids.iter().enumerate() {
+        seqs.push(put(store, n, &note(i as u64), &emb(i as u64, 8)).await);
+    }
+    let new: Vec<Embedding> = (0..3).map(|i| emb(100 + i, 6)).collect();
+    let stage = |i: usize, seq: i64| StagedVector { id: &ids[i], embedding: &new[i], source_seq: seq };
+    store.stage_vectors(&v2, &[stage(0, seqs[0]), stage(1, seqs[1])]).await.unwrap();
+    let page = store.reindex_scan(None, i64::MAX, 10, &v2).await.unwrap();
+    assert_eq!(page.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(page[1].note, note(1));
+    assert_eq!(page[1].seq, seqs[1]);
+    assert_close(page[0].staged.as_ref().unwrap(), &new[0]);
+    assert!(page[2].staged.is_none());
+    assert!(store.reindex_scan(None, i64::MAX, 10, &mv()).await.unwrap().iter().all(|n| n.staged.is_none()));
+    assert_eq!(store.reindex_scan(Some(&ids[0]), i64::MAX, 1, &v2).await.unwrap()[0].id, ids[1]);
+    // Bounded by seq: notes written after a scan began are left to the change log.
+    let bounded = store.reindex_scan(None, seqs[1], 10, &v2).await.unwrap();
+    assert_eq!(bounded.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+
+    let switch = Switch { model_version: &v2, model_dir: "/models/v2", previous_version: &mv(), switch_token: "t1" };
+    // One note without a vector of v2: nothing changes.
+    let err = store.promote(&switch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Incomplete { missing: 1, .. }), "{err}");
+    assert_eq!(store.get_note(&ids[0]).await.unwrap().unwrap().model_version, mv());
+    assert!(store.active_model().await.unwrap().is_none());
+
+    // A vector staged before its note was written again is stale.
+    store.stage_vectors(&v2, &[stage(2, seqs[2])]).await.unwrap();
+    let rewritten = put(store, &ids[0], &note(10), &emb(10, 8)).await;
+    assert!(store.reindex_note(&ids[0], &v2).await.unwrap().unwrap().staged.is_none());
+    assert!(matches!(store.promote(&switch).await, Err(StoreError::Incomplete { missing: 1, .. })));
+    store.stage_vectors(&v2, &[stage(0, rewritten)]).await.unwrap();
+    let a = store.reindex_note(&ids[0], &v2).await.unwrap().unwrap();
+    assert_eq!((a.note, a.seq), (note(10), rewritten));
+    assert!(store.reindex_note(&id("nope"), &v2).await.unwrap().is_none());
+
+    // A note deleted after its vector was staged does not hold up the switch.
+    let d = id("d");
+    let sd = put(store, &d, &note(4), &emb(4, 8)).await;
+    store.stage_vectors(&v2, &[StagedVector { id: &d, embedding: &new[1], source_seq: sd }]).await.unwrap();
+    assert!(store.reindex_note(&d, &v2).await.unwrap().unwrap().staged.is_some());
+    store.delete_note(&d).await.unwrap().unwrap();
+    assert!(store.reindex_note(&d, &v2).await.unwrap().is_none());
+    store.unstage(&d).await.unwrap();
+
+    let before = store.max_seq().await.unwrap();
+    let promoted = store.promote(&switch).await.unwrap();
+    assert_eq!((promoted.notes, promoted.max_seq), (3, before + 3));
+    assert_eq!(store.max_seq().await.unwrap(), before + 3);
+    for (i, n) in ids.iter().enumerate() {
+        let got = store.get_note(n).await.unwrap().unwrap();
+        assert_eq!(got.model_version, v2);
+        assert_close(&got.embedding, &new[i]);
+        assert!(got.seq > before);
+        let (e, v) = store.get_embedding(n).await.unwrap().unwrap();
+        assert_eq!((e.dim(), v), (6, v2.clone()));
+    }
+    // Every row is a change after the old position, in the old order: a follower or a stale
+    // snapshot of the old version replays them all.
+    let changes = store.changes_since(before, 100).await.unwrap();
+    assert_eq!(changes.iter().map(Change::seq).collect::<Vec<_>>(), ((before + 1)..=(before + 3)).collect::<Vec<_>>());
+    assert_eq!(changes.iter().map(|c| c.id().as_str()).collect::<Vec<_>>(), ["b", "c", "a"]);
+    assert!(changes.iter().all(|c| matches!(c, Change::Upsert { model_version, .. } if *model_version == v2)));
+    assert!(
+        store.reindex_scan(None, i64::MAX, 10, &v2).await.unwrap().iter().all(|n| n.staged.is_none()),
+        "staging emptied"
+    );
+    let active = store.active_model().await.unwrap().unwrap();
+    assert_eq!(active.model_version, v2);
+    assert_eq!(active.previous_version, mv());
+    assert_eq!(active.model_dir, std::path::PathBuf::from("/models/v2"));
+    assert_eq!(active.switch_token, "t1");
+    assert!(active.switched_at.elapsed().unwrap() < Duration::from_secs(600));
+
+    // Writes after the switch take seqs above it.
+    assert!(put(store, &id("e"), &note(5), &emb(5, 6)).await > before + 3);
+    // A switch of an empty staging back is refused; the record is replaced by the next switch.
+    let back = Switch { model_version: &mv(), model_dir: "/models/v1", previous_version: &v2, switch_token: "t2" };
+    assert!(matches!(store.promote(&back).await, Err(StoreError::Incomplete { missing: 4, .. })));
+    assert_eq!(store.active_model().await.unwrap().unwrap().switch_token, "t1");
+}
