@@ -58,10 +58,10 @@
 //! dividing by the work largely cancels that (exactly if time is proportional to effective
 //! FLOPs), and on the same notes this ratio is the ratio of notes/s.
 //!
-//! **Peak**: logical CPUs x 2 FMA units x 8 f32 lanes x 2 flops x the clock of /proc/cpuinfo.
-//! 8 lanes, not 16 even on AVX-512 CPUs: candle's gemm 0.19 uses its AVX-512 kernel only when
-//! built with its `x86-v4` feature, which candle-core does not enable. The assumptions are
-//! printed with the figure.
+//! **Peak**: logical CPUs x 2 FMA units x f32 lanes x 2 flops x the clock of /proc/cpuinfo.
+//! 16 lanes on AVX-512 CPUs (notellm enables gemm 0.19's `x86-v4` feature, which candle-core
+//! does not, so gemm dispatches its AVX-512 kernel there), 8 on AVX2-only CPUs and on Zen 4
+//! (512-bit FMAs double-pumped on 256-bit pipes). The assumptions are printed with the figure.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -376,15 +376,24 @@ struct Peak {
     zen4: bool,
 }
 
-/// f32 lanes of candle's GEMM kernel here: gemm 0.19 picks its AVX-512 kernel only when built
-/// with its `x86-v4` feature, which candle-core does not enable, so it runs 256-bit AVX2/FMA.
-const KERNEL_LANES: f64 = 8.0;
 /// FMA pipes per core: two on Zen 2-5, Skylake-SP Gold/Platinum and later Xeons.
 const FMA_UNITS: f64 = 2.0;
 
 impl Peak {
+    /// f32 lanes per FMA of the GEMM kernel this build runs here: notellm enables gemm's `x86-v4`
+    /// feature, so gemm dispatches its AVX-512 kernel (16 lanes) on CPUs with AVX-512F and its
+    /// AVX2 kernel (8 lanes) elsewhere. Zen 4 runs a 512-bit FMA as two 256-bit halves on its
+    /// 256-bit pipes, so its peak stays that of 8 lanes.
+    fn lanes(&self) -> f64 {
+        if self.avx512 && !self.zen4 {
+            16.0
+        } else {
+            8.0
+        }
+    }
+
     fn gflops(&self) -> f64 {
-        self.cpus as f64 * FMA_UNITS * KERNEL_LANES * 2.0 * self.mhz / 1e3
+        self.cpus as f64 * FMA_UNITS * self.lanes() * 2.0 * self.mhz / 1e3
     }
 
     fn describe(&self) {
@@ -396,29 +405,19 @@ impl Peak {
             if self.avx512 { "AVX-512F" } else { "AVX2+FMA, no AVX-512" }
         );
         println!(
-            "f32 peak of the GEMM kernel this build runs: {} CPUs x {FMA_UNITS} FMA units x {KERNEL_LANES} lanes x 2 \
-             flops x {:.3} GHz = {:.1} GFLOP/s",
+            "f32 peak of the GEMM kernel this build runs: {} CPUs x {FMA_UNITS} FMA units x {} lanes x 2 flops x {:.3} \
+             GHz = {:.1} GFLOP/s",
             self.cpus,
+            self.lanes(),
             self.mhz / 1e3,
             self.gflops()
         );
         println!(
-            "  assumptions: 8 lanes because candle's gemm is built without its `x86-v4` feature and so runs its 256-bit \
-             AVX2/FMA kernel even on AVX-512 CPUs; every logical CPU is a full core with {FMA_UNITS} FMA pipes (SMT \
-             siblings would share them); the clock is the nominal one /proc/cpuinfo shows (boost can lift the share \
-             above 100%)."
+            "  assumptions: gemm's AVX-512 kernel where the CPU has AVX-512F (notellm builds gemm with `x86-v4`), its \
+             AVX2 kernel otherwise; Zen 4 counted at 256-bit width (double-pumped 512-bit FMAs); every logical CPU is \
+             a full core with {FMA_UNITS} FMA pipes (SMT siblings would share them); the clock is the nominal one \
+             /proc/cpuinfo shows (boost can lift the share above 100%)."
         );
-        if self.avx512 {
-            let full = 2.0 * self.gflops();
-            if self.zen4 {
-                println!(
-                    "  (AVX-512 would not raise it here: Zen 4 runs 512-bit FMAs as two 256-bit halves; {full:.1} \
-                     GFLOP/s would need full-width units)"
-                );
-            } else {
-                println!("  (the hardware's 512-bit peak, unreachable by this build's gemm: {full:.1} GFLOP/s)");
-            }
-        }
     }
 }
 

@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # Load tests behind README's service figures. Loopback only; every loop is bounded.
-#   scripts/loadtest.sh related   GET /related on an index of N notes (default 100000): wrk
-#                                 latency percentiles and requests/s; RSS per indexed note
+#   scripts/loadtest.sh related   GET /related/n<id>?k=20 on an index of N notes (default 100000,
+#                                 tiny model, 128-d): wrk requests/s, p50/p90/p99, server CPU per
+#                                 request and the answer cache's hit share, for
+#                                   1. uniform ids, answer cache off: every request searches
+#                                   2. uniform ids, cache on, from empty (a cold start)
+#                                   3. Zipf(ZIPF_S) ids after WARM s of the same traffic (a feed)
+#                                 and the RSS per indexed note
+#   scripts/loadtest.sh recall    HNSW recall@10/20 against exact search and search-alone latency
+#                                 at 100k clustered 128-d vectors (the index's own measurement)
 #   scripts/loadtest.sh ingest    concurrent single-note PUTs vs offline batched `embed` on the
 #                                 default model (SmolLM2-135M), notes/s
-# Environment: N, DUR (s), CONN, PORT, INGEST_N, WORK (default target/loadtest).
+# Environment: N, DUR (s per measured run), WARM (s of Zipf warm-up), RELATED_CONN (wrk
+# connections for `related`, default 8: at the target's 10,000 req/s, Little's law gives 8
+# connections a mean latency of 0.8 ms, under the 2 ms p99 target; 64 could not average under
+# 6.4 ms), WRK_THREADS (1), ZIPF_S (1.0), K (20), CONN (concurrent PUTs for `ingest`), PORT,
+# INGEST_N, REINGEST=1 (rebuild the N-note store even when WORK holds one), WORK (default
+# target/loadtest), CARGO_TARGET_DIR (where the release binary is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
-N=${N:-100000}; DUR=${DUR:-30}; CONN=${CONN:-64}; PORT=${PORT:-18080}; INGEST_N=${INGEST_N:-256}
+N=${N:-100000}; DUR=${DUR:-30}; WARM=${WARM:-30}; CONN=${CONN:-64}; PORT=${PORT:-18080}; INGEST_N=${INGEST_N:-256}
+RELATED_CONN=${RELATED_CONN:-8}; WRK_THREADS=${WRK_THREADS:-1}; ZIPF_S=${ZIPF_S:-1.0}; K=${K:-20}
 WORK=${WORK:-target/loadtest}
-BIN=target/release/notellm
+BIN=${CARGO_TARGET_DIR:-target}/release/notellm
 mkdir -p "$WORK"
 export NOTELLM_LOG=${NOTELLM_LOG:-warn}
 
@@ -31,20 +44,66 @@ serve() { # serve MODEL DATA_DIR
   echo "server not ready" >&2; exit 1
 }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
+# Server CPU time (user + system), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+metric() { curl -sf "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+
+# wrk_run LABEL DIST SECONDS: one wrk run of scripts/related.lua; prints a summary line with the
+# server's CPU per request and the cache's hit share over the run.
+wrk_run() {
+  local label=$1 dist=$2 secs=$3 out="$WORK/wrk-related-$1.txt"
+  local h0 m0 c0 h1 m1 c1
+  h0=$(metric notellm_related_cache_hits_total); m0=$(metric notellm_related_cache_misses_total); c0=$(cpu_ticks)
+  N=$N K=$K DIST=$dist ZIPF_S=$ZIPF_S wrk -t"$WRK_THREADS" -c"$RELATED_CONN" -d"${secs}s" --latency \
+    -s scripts/related.lua "http://127.0.0.1:$PORT" > "$out"
+  h1=$(metric notellm_related_cache_hits_total); m1=$(metric notellm_related_cache_misses_total); c1=$(cpu_ticks)
+  local result; result=$(sed -n 's/^RESULT //p' "$out")
+  [ -n "$result" ] || { cat "$out" >&2; echo "wrk printed no RESULT line" >&2; exit 1; }
+  local requests; requests=$(echo "$result" | sed -n 's/.*requests=\([0-9]*\).*/\1/p')
+  local bad; bad=$(echo "$result" | sed -n 's/.*non2xx=\([0-9]*\) socket_errors=\([0-9]*\).*/\1 + \2/p' | bc)
+  [ "$bad" = 0 ] || { cat "$out" >&2; echo "$label: $bad failed requests" >&2; exit 1; }
+  awk -v l="$label" -v r="$result" -v hits=$((h1 - h0)) -v misses=$((m1 - m0)) -v ticks=$((c1 - c0)) \
+    -v hz="$(getconf CLK_TCK)" -v n="$requests" -v c="$RELATED_CONN" -v t="$WRK_THREADS" 'BEGIN {
+      share = hits + misses > 0 ? sprintf("%.1f%%", 100 * hits / (hits + misses)) : "n/a (cache off)"
+      printf "%-28s wrk -t%d -c%d: %s cache_hit_share=%s server_cpu_us_per_request=%.1f\n",
+        l, t, c, r, share, 1e6 * ticks / hz / n }' | tee -a "$WORK/related-summary.txt"
+}
 
 related() {
   local model="$WORK/tiny128"
   [ -f "$model/notellm.json" ] || "$BIN" model init --preset tiny --corpus examples/notes.jsonl --out "$model" --vocab-size 800 --embedding-dim 128
-  python3 scripts/gen_notes.py "$N" > "$WORK/notes.jsonl"
-  rm -rf "$WORK/empty" "$WORK/data"
+  rm -rf "$WORK/empty"
   serve "$model" "$WORK/empty"; local rss0; rss0=$(rss_kib); stop
-  local t0; t0=$(date +%s.%N)
-  "$BIN" ingest "$WORK/notes.jsonl" --model "$model" --data-dir "$WORK/data" --max-batch-notes 64
-  echo "ingest of $N notes (tiny model, SQLite): $(echo "$(date +%s.%N) - $t0" | bc) s"
-  serve "$model" "$WORK/data"; local rss1; rss1=$(rss_kib)
+  if [ "${REINGEST:-0}" = 1 ] || [ "$(cat "$WORK/data/.notes" 2>/dev/null)" != "$N" ]; then
+    python3 scripts/gen_notes.py "$N" > "$WORK/notes.jsonl"
+    rm -rf "$WORK/data"
+    local t0; t0=$(date +%s.%N)
+    "$BIN" ingest "$WORK/notes.jsonl" --model "$model" --data-dir "$WORK/data" --max-batch-notes 64
+    echo "ingest of $N notes (tiny model, SQLite): $(echo "$(date +%s.%N) - $t0" | bc) s"
+    echo "$N" > "$WORK/data/.notes"
+  else
+    echo "reusing the $N-note store in $WORK/data (REINGEST=1 to rebuild it)"
+  fi
+  : > "$WORK/related-summary.txt"
+  NOTELLM_RELATED_CACHE_ENTRIES=0 serve "$model" "$WORK/data"
+  local rss1; rss1=$(rss_kib)
   echo "RSS empty ${rss0} KiB, with $N notes ${rss1} KiB: $(( (rss1 - rss0) * 1024 / N )) bytes per indexed note"
-  N=$N wrk -t2 -c"$CONN" -d"${DUR}s" --latency -s scripts/related.lua "http://127.0.0.1:$PORT" | tee "$WORK/wrk-related.txt"
+  wrk_run uniform-no-cache uniform "$DUR"
   stop
+  serve "$model" "$WORK/data"
+  wrk_run uniform-cold-cache uniform "$DUR"
+  stop
+  serve "$model" "$WORK/data"
+  N=$N K=$K DIST=zipf ZIPF_S=$ZIPF_S wrk -t"$WRK_THREADS" -c"$RELATED_CONN" -d"${WARM}s" \
+    -s scripts/related.lua "http://127.0.0.1:$PORT" > "$WORK/wrk-related-warmup.txt"
+  echo "warm-up: $WARM s of Zipf traffic, $(metric notellm_related_cache_entries) answers cached"
+  wrk_run "zipf-s$ZIPF_S-warm-cache" zipf "$DUR"
+  echo "answers cached at the end: $(metric notellm_related_cache_entries)"
+  stop
+}
+
+recall() {
+  NOTELLM_INDEX_BENCH=${NOTELLM_INDEX_BENCH:-blobs100} cargo test --release --lib index::recall -- --ignored --nocapture
 }
 
 ingest() {
@@ -76,7 +135,8 @@ PY
 
 case "$MODE" in
   related) related ;;
+  recall) recall ;;
   ingest) ingest ;;
-  all) related; ingest ;;
-  *) echo "usage: $0 [related|ingest|all]" >&2; exit 2 ;;
+  all) related; recall; ingest ;;
+  *) echo "usage: $0 [related|recall|ingest|all]" >&2; exit 2 ;;
 esac

@@ -9,6 +9,7 @@ use crate::jsonl::OnError;
 use crate::model::config::Family;
 use crate::model::init::Preset;
 use crate::model::DeviceSpec;
+use crate::train::trainer::Objective;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,7 +54,8 @@ pub enum Command {
     /// Build a training/evaluation dataset directory (notes, behaviour, mined pairs, split).
     #[command(subcommand)]
     Data(DataCommand),
-    /// Fine-tune a checkpoint with the NoteLLM recipe (GCL + CSFT) on a dataset directory.
+    /// Fine-tune a checkpoint with the NoteLLM recipe (GCL + CSFT) on a dataset directory, or
+    /// pre-train a from-scratch one as a causal LM on its notes (`--objective lm`).
     Train(TrainArgs),
     /// Recall@k (the paper's protocol) and generation quality on a split, against baselines.
     Eval(EvalArgs),
@@ -209,6 +211,8 @@ impl PipelineArgs {
             hnsw_ef_search: self.hnsw_ef_search,
             rebuild_tombstone_share: self.rebuild_tombstone_share,
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
+            // `serve` sets its flag's value; `ingest` answers no /related.
+            related_cache_entries: 0,
         })
     }
 }
@@ -234,6 +238,11 @@ pub struct ServeArgs {
     /// k of /related when the query does not say.
     #[arg(long, env = "NOTELLM_DEFAULT_K", default_value_t = 20)]
     pub default_k: usize,
+    /// GET /related answers kept in memory, by (note, k); 0 disables the cache. An answer is
+    /// served from it only while no index write happened since it was computed (about 1 KB
+    /// per answer at k=20).
+    #[arg(long, env = "NOTELLM_RELATED_CACHE_ENTRIES", default_value_t = crate::service::DEFAULT_RELATED_CACHE_ENTRIES)]
+    pub related_cache_entries: usize,
 }
 
 impl ServeArgs {
@@ -356,6 +365,16 @@ pub struct TrainArgs {
     /// auto, cpu or cuda:N.
     #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+    /// What to train: `notellm`, the NoteLLM recipe over related pairs; `lm`, causal-LM
+    /// pre-training of a from-scratch checkpoint (`notellm model init`) on the training-split
+    /// notes, one sequence per note (title, content, hashtags, category), mean next-token loss.
+    /// lm trains every layer: --train-layers must be >= the model's layers (it is an error
+    /// otherwise); a micro-batch holds 2 x --pairs-per-step notes; --max-pairs caps the notes;
+    /// --val-pairs is the number of validation notes whose LM loss and perplexity are reported;
+    /// --alpha, --hashtag-share, --tau and --val-pool are not used. Its output is a checkpoint
+    /// like a NoteLLM run's, to pass as --base to the NoteLLM stage.
+    #[arg(long, env = "NOTELLM_TRAIN_OBJECTIVE", value_enum, default_value_t = Objective::NoteLlm)]
+    pub objective: Objective,
     /// Top layers that train (with the final norm, the head and tau); the rest are frozen and
     /// their output cached. A value >= the model's layers is full fine-tuning.
     #[arg(long, env = "NOTELLM_TRAIN_LAYERS", default_value_t = 4)]
@@ -363,16 +382,18 @@ pub struct TrainArgs {
     /// Embedding dimension (rows of the bias-free linear head).
     #[arg(long, env = "NOTELLM_TRAIN_EMBEDDING_DIM", default_value_t = 128)]
     pub embedding_dim: usize,
-    /// B: related pairs per micro-batch (2B notes, in-batch negatives).
+    /// B: related pairs per micro-batch (2B notes, in-batch negatives; with --objective lm, 2B
+    /// notes).
     #[arg(long, env = "NOTELLM_TRAIN_PAIRS_PER_STEP", default_value_t = 16)]
     pub pairs_per_step: usize,
     /// Micro-batches per optimizer step.
     #[arg(long, env = "NOTELLM_TRAIN_ACCUMULATION", default_value_t = 1)]
     pub accumulation: usize,
-    /// Passes over the training pairs (fractions allowed).
+    /// Passes over the training pairs (with --objective lm, notes; fractions allowed).
     #[arg(long, env = "NOTELLM_TRAIN_EPOCHS", default_value_t = 1.0)]
     pub epochs: f64,
-    /// Train on at most this many pairs (a seeded sample), e.g. to fit a CPU budget.
+    /// Train on at most this many pairs (with --objective lm, notes; a seeded sample), e.g. to
+    /// fit a CPU budget.
     #[arg(long, env = "NOTELLM_TRAIN_MAX_PAIRS")]
     pub max_pairs: Option<usize>,
     /// Peak learning rate (AdamW).
@@ -403,7 +424,7 @@ pub struct TrainArgs {
     /// Validate every this many steps (0: only at the end).
     #[arg(long, env = "NOTELLM_TRAIN_VAL_EVERY", default_value_t = 50)]
     pub val_every: u64,
-    /// Validation pairs (a seeded sample of the val split).
+    /// Validation pairs (a seeded sample of the val split; with --objective lm, validation notes).
     #[arg(long, env = "NOTELLM_TRAIN_VAL_PAIRS", default_value_t = 200)]
     pub val_pairs: usize,
     /// Validation pool size (the pairs' notes plus other val notes).
@@ -429,6 +450,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     pub fn options(&self) -> crate::train::trainer::TrainOptions {
         crate::train::trainer::TrainOptions {
+            objective: self.objective,
             train_layers: self.train_layers,
             embedding_dim: self.embedding_dim,
             pairs_per_step: self.pairs_per_step,
@@ -601,6 +623,20 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn train_objective_defaults_to_notellm() {
+        let parse = |extra: &[&str]| {
+            let args = ["notellm", "train", "--data", "d", "--out", "o"].iter().chain(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Train(a)) => a.options().objective,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(parse(&[]), Objective::NoteLlm);
+        assert_eq!(parse(&["--objective", "lm"]), Objective::Lm);
+        assert_eq!(parse(&["--objective", "notellm"]), Objective::NoteLlm);
     }
 
     /// Every flag of every command can come from a NOTELLM_* variable.

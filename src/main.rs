@@ -47,7 +47,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => runtime()?.block_on(async {
-            let cfg = a.pipeline.service_config()?;
+            let cfg = server::ServiceConfig {
+                related_cache_entries: a.related_cache_entries,
+                ..a.pipeline.service_config()?
+            };
             let listener = server::bind(a.listen).await?;
             let app = server::build(&cfg).await?;
             server::run(app, a.http_config(), listener, cfg.snapshot_interval, server::shutdown_signal()).await

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub reindex_duration: Histogram,
     pub reindex_write_hold: Histogram,
     pub reindex_embedded: IntCounter,
+    pub related_cache_hits: IntCounter,
+    pub related_cache_misses: IntCounter,
+    pub related_cache_entries: IntGauge,
 }
 
 /// `state` values of `notellm_reindex_state` (see `service::ReindexState`).
@@ -169,6 +172,19 @@ impl Metrics {
                 "notellm_reindex_embedded_notes_total",
                 "Notes embedded by re-indexes (background, not live writes)",
             )?,
+            related_cache_hits: IntCounter::new(
+                "notellm_related_cache_hits_total",
+                "GET /related answers served from the answer cache",
+            )?,
+            related_cache_misses: IntCounter::new(
+                "notellm_related_cache_misses_total",
+                "GET /related lookups the answer cache could not serve (absent, or computed before the \
+                 last index write); counted only when the cache is enabled",
+            )?,
+            related_cache_entries: IntGauge::new(
+                "notellm_related_cache_entries",
+                "Answers held by the /related answer cache, stale ones included",
+            )?,
             registry: r,
         };
         let r = &m.registry;
@@ -196,6 +212,9 @@ impl Metrics {
         r.register(Box::new(m.reindex_duration.clone()))?;
         r.register(Box::new(m.reindex_write_hold.clone()))?;
         r.register(Box::new(m.reindex_embedded.clone()))?;
+        r.register(Box::new(m.related_cache_hits.clone()))?;
+        r.register(Box::new(m.related_cache_misses.clone()))?;
+        r.register(Box::new(m.related_cache_entries.clone()))?;
         for state in REINDEX_STATES {
             m.reindex_state.with_label_values(&[state]).set(0);
         }
@@ -253,6 +272,9 @@ mod tests {
             "notellm_reindex_duration_seconds_bucket",
             "notellm_reindex_write_hold_seconds_bucket",
             "notellm_reindex_embedded_notes_total 0",
+            "notellm_related_cache_hits_total 0",
+            "notellm_related_cache_misses_total 0",
+            "notellm_related_cache_entries 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

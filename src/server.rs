@@ -40,6 +40,8 @@ pub struct ServiceConfig {
     pub hnsw_ef_search: usize,
     pub rebuild_tombstone_share: f64,
     pub snapshot_interval: Duration,
+    /// Most `GET /related` answers cached (0: no cache).
+    pub related_cache_entries: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +103,7 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     let serving = Serving::new(batcher, index, &cfg.data_dir);
     let template =
         ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
-    Ok(Arc::new(App::new(store, serving, template, metrics, cfg.limits.clone())))
+    Ok(Arc::new(App::new(store, serving, template, metrics, cfg.limits.clone(), cfg.related_cache_entries)))
 }
 
 /// Runs the HTTP service on `listener` until `shutdown` resolves.

@@ -58,6 +58,8 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut Ht
         hnsw_ef_search: 64,
         rebuild_tombstone_share: 0.2,
         snapshot_interval: Duration::from_secs(3600),
+        // On, so that every /related below also goes through the answer cache.
+        related_cache_entries: 4096,
     };
     let mut http = HttpConfig { body_limit_bytes: 64 * 1024, ..Default::default() };
     tweak(&mut cfg, &mut http);
@@ -209,6 +211,14 @@ async fn endpoints(backend: Backend) {
     );
     assert!(text.contains("notellm_notes_indexed 12"), "{text}");
     assert!(text.contains("notellm_build_info"));
+
+    // gzip for clients that accept it, except bodies that fit in one packet
+    let gz = |path: &str| s.http.get(s.url(path)).header("accept-encoding", "gzip").send();
+    let r = gz("/metrics").await.unwrap();
+    assert_eq!(r.headers().get("content-encoding").map(|v| v.to_str().unwrap()), Some("gzip"));
+    let r = gz("/related/n1?k=3").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("content-encoding").is_none(), "a ~200-byte answer is sent as is");
 
     // OpenAPI
     let (st, v) = json_of(s.http.get(s.url("/openapi.json")).send().await.unwrap()).await;
@@ -386,6 +396,100 @@ async fn overload_and_batching(backend: Backend) {
     Arc::into_inner(s).unwrap().stop().await;
 }
 
+/// A counter or gauge's value in a /metrics text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+async fn cache_counts(s: &Server) -> (f64, f64) {
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    (metric(&text, "notellm_related_cache_hits_total"), metric(&text, "notellm_related_cache_misses_total"))
+}
+
+async fn related_ids(s: &Server, id: &str) -> Vec<String> {
+    let (st, v) = json_of(s.http.get(s.url(&format!("/related/{id}?k=5"))).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["related"].as_array().unwrap().iter().map(|r| r["note_id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// The answer cache never shows what a write changed: a note deleted is gone from the very next
+/// `/related`, a close neighbour PUT is in it, also while other readers keep refilling the cache
+/// from before the write. "twin" has n1's text, hence n1's vector: cosine 1, first in n1's answer.
+async fn related_cache(backend: Backend) {
+    let s = Arc::new(start(&backend, |_, _| {}).await);
+    for i in 0..12 {
+        assert_eq!(put(&s, &format!("n{i}"), &note_json(i)).await.0, StatusCode::CREATED);
+    }
+    let first = related_ids(&s, "n1").await;
+    let (hits0, misses0) = cache_counts(&s).await;
+    assert_eq!(related_ids(&s, "n1").await, first, "same answer from the cache");
+    let (hits1, misses1) = cache_counts(&s).await;
+    assert_eq!((hits1 - hits0, misses1 - misses0), (1.0, 0.0), "the second read was a hit");
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&text, "notellm_related_cache_entries") >= 1.0);
+
+    // Readers hammer the cache while the writer inserts and deletes the twin: each check
+    // starts after the write's answer came back.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|r| {
+            let (s, stop) = (s.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    related_ids(&s, ["n1", "n3", "n5"][(n as usize + r) % 3]).await;
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for round in 0..8 {
+        let (st, v) = put(&s, "twin", &note_json(1)).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let after_put = related_ids(&s, "n1").await;
+        assert_eq!(after_put.first().map(String::as_str), Some("twin"), "round {round}: {after_put:?}");
+        assert_eq!(related_ids(&s, "n1").await, after_put, "round {round}: the cached copy");
+        let r = s.http.delete(s.url("/notes/twin")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        for id in ["n1", "n3", "n5"] {
+            let ids = related_ids(&s, id).await;
+            assert!(!ids.iter().any(|i| i == "twin"), "round {round}: deleted twin in {id}'s answer {ids:?}");
+        }
+        assert_eq!(related_ids(&s, "n1").await, first, "round {round}: back to the answer before the twin");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.await.unwrap() > 0);
+    }
+
+    // A deleted note that was in cached answers leaves all of them.
+    let gone = first[0].clone();
+    assert_eq!(s.http.delete(s.url(&format!("/notes/{gone}"))).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert!(!related_ids(&s, "n1").await.contains(&gone));
+    let (st, v) = json_of(s.http.get(s.url(&format!("/related/{gone}"))).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "a deleted note's own cached answer is not served: {v}");
+    let (hits, _) = cache_counts(&s).await;
+    assert!(hits > hits1, "readers were served from the cache between writes");
+    Arc::into_inner(s).unwrap().stop().await;
+}
+
+/// With the cache disabled every read is a search, and nothing is counted.
+async fn related_cache_disabled(backend: Backend) {
+    let s = start(&backend, |c, _| c.related_cache_entries = 0).await;
+    for i in 0..6 {
+        put(&s, &format!("n{i}"), &note_json(i)).await;
+    }
+    let first = related_ids(&s, "n1").await;
+    assert_eq!(related_ids(&s, "n1").await, first);
+    assert_eq!(cache_counts(&s).await, (0.0, 0.0));
+    s.stop().await;
+}
+
 fn sqlite() -> Backend {
     Backend { url: None, schema: None }
 }
@@ -434,4 +538,4 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(endpoints, errors, auth, overload_and_batching);
+both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled);

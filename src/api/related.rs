@@ -2,6 +2,8 @@
 //! `POST /related` for an unsaved draft (cold start; nothing is stored).
 
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
@@ -24,14 +26,16 @@ fn check_k(k: Option<usize>, s: &AppState) -> Result<usize, ApiError> {
     Ok(k)
 }
 
+/// The body comes ready-serialized from the service (often from its answer cache).
 pub async fn related(
     State(s): State<AppState>,
     Path(raw): Path<String>,
     ApiQuery(q): ApiQuery<KQuery>,
-) -> Result<Json<Related>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = parse_id(&raw)?;
     let k = check_k(q.k, &s)?;
-    Ok(Json(s.app.related(&id, k).await?))
+    let body = s.app.related_json(id, k).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 pub async fn related_draft(

@@ -10,8 +10,13 @@
 //! `rebuild()` builds a new generation from the live vectors without blocking writers: while it
 //! builds, writes go to the current generation (searches see them at once) and are also logged,
 //! then replayed onto the new generation before it is swapped in.
+//!
+//! [`NoteIndex::version`] tells a caller that caches search results whether anything a search
+//! can return may have changed: every write (and a rebuild's swap) increments it once before it
+//! touches the graph and once when it is done, under the writer lock, like a seqlock.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -37,6 +42,8 @@ pub struct NoteIndex {
     cfg: IndexConfig,
     current: RwLock<Arc<Graph>>,
     writer: Mutex<Writer>,
+    /// See [`version`](Self::version).
+    version: AtomicU64,
 }
 
 impl std::fmt::Debug for NoteIndex {
@@ -58,7 +65,12 @@ impl NoteIndex {
     }
 
     pub(crate) fn from_graph(cfg: IndexConfig, graph: Graph) -> Self {
-        Self { cfg, current: RwLock::new(Arc::new(graph)), writer: Mutex::new(Writer::default()) }
+        Self {
+            cfg,
+            current: RwLock::new(Arc::new(graph)),
+            writer: Mutex::new(Writer::default()),
+            version: AtomicU64::new(0),
+        }
     }
 
     pub fn config(&self) -> &IndexConfig {
@@ -68,6 +80,23 @@ impl NoteIndex {
     /// The current generation (brief read lock; rebuilds swap it).
     pub(crate) fn graph(&self) -> Arc<Graph> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Changes whenever what a search returns may change. Every write (`upsert`, `upsert_batch`,
+    /// `remove`, a rebuild's swap) increments it before it touches the graph and again when it
+    /// is done (also when it unwinds), under the writer lock: the value is odd while a write is
+    /// under way. Reading the same even value before a search and later means that no write
+    /// started in between, so that search's answer is still what a new search would return
+    /// (hnsw_rs searches are deterministic over an unchanged graph). An insert changes other
+    /// points' links too, so any write counts, not only those near a given query.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Marks a write under way until the returned guard drops; the caller holds the writer lock.
+    fn changing(&self) -> Changing<'_> {
+        self.version.fetch_add(1, Ordering::SeqCst);
+        Changing(&self.version)
     }
 
     /// Serialises writers. A writer that panicked left the maps consistent (see `Graph::ids`).
@@ -87,6 +116,7 @@ impl NoteIndex {
     pub fn upsert(&self, id: &NoteId, embedding: &Embedding) -> Result<(), IndexError> {
         self.check_dim(embedding)?;
         let mut w = self.writer();
+        let _changing = self.changing();
         self.graph().insert(&[(id, embedding.as_slice())]);
         if let Some(log) = w.rebuild_log.as_mut() {
             log.push(Op::Upsert(id.clone(), embedding.clone()));
@@ -101,6 +131,7 @@ impl NoteIndex {
             self.check_dim(e)?;
         }
         let mut w = self.writer();
+        let _changing = self.changing();
         let refs: Vec<(&NoteId, &[f32])> = items.iter().map(|(n, e)| (n, e.as_slice())).collect();
         self.graph().insert(&refs);
         if let Some(log) = w.rebuild_log.as_mut() {
@@ -113,6 +144,7 @@ impl NoteIndex {
     /// Returns whether it was present.
     pub fn remove(&self, id: &NoteId) -> bool {
         let mut w = self.writer();
+        let _changing = self.changing();
         let was = self.graph().remove(id);
         if let Some(log) = w.rebuild_log.as_mut() {
             log.push(Op::Remove(id.clone()));
@@ -213,8 +245,10 @@ impl NoteIndex {
             replay(&fresh, ops);
         }
         let mut w = self.writer();
+        let changing = self.changing();
         replay(&fresh, w.rebuild_log.take().unwrap_or_default());
         let old = std::mem::replace(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()), Arc::new(fresh));
+        drop(changing);
         drop(w);
         // Disarm: the log is already closed, and a rebuild started after this point owns it.
         std::mem::forget(guard);
@@ -249,6 +283,15 @@ fn replay(graph: &Graph, ops: Vec<Op>) {
                 graph.remove(&id);
             }
         }
+    }
+}
+
+/// A write under way: ends it (makes [`NoteIndex::version`] even again) when dropped.
+struct Changing<'a>(&'a AtomicU64);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -310,6 +353,52 @@ mod tests {
             assert_eq!(with_self[0].id, ids[q]);
             assert!((with_self[0].score - 1.0).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn version_moves_on_every_write_and_only_then() {
+        let (index, ids, vectors) = filled(300, 8);
+        let v0 = index.version();
+        assert_eq!(v0 % 2, 0, "even when no write is under way");
+        index.search(&vectors[0], 5, Some(&ids[0])).unwrap();
+        index.exact_search(&vectors[0], 5, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        index.save_snapshot(dir.path(), 1).unwrap();
+        assert_eq!(index.version(), v0, "reads and snapshots are not writes");
+        let mut last = v0;
+        let mut step = |what: &str, v: u64| {
+            assert!(v > last && v % 2 == 0, "{what}: {last} -> {v}");
+            last = v;
+        };
+        index.upsert(&ids[0], &vectors[1]).unwrap();
+        step("upsert", index.version());
+        index.upsert_batch(&[(ids[1].clone(), vectors[2].clone())]).unwrap();
+        step("upsert_batch", index.version());
+        index.remove(&ids[2]);
+        step("remove", index.version());
+        assert!(index.rebuild());
+        step("rebuild", index.version());
+        assert!(index.upsert(&ids[0], &Embedding::normalised(vec![1.0; 9]).unwrap()).is_err());
+        assert_eq!(index.version(), last, "a rejected write changes nothing");
+    }
+
+    #[test]
+    fn version_is_odd_while_a_write_is_under_way() {
+        let index = std::sync::Arc::new(NoteIndex::new(small_cfg(8)).unwrap());
+        let items: Vec<_> = synthetic_ids(5_000)
+            .into_iter()
+            .zip(synthetic(5_000, 8, Spread::Clustered { clusters: 20, noise: 0.8 }, 3))
+            .collect();
+        let seen_odd = std::thread::scope(|s| {
+            let writer = s.spawn(|| index.upsert_batch(&items).unwrap());
+            let mut odd = false;
+            while !writer.is_finished() {
+                odd |= index.version() % 2 == 1;
+            }
+            odd
+        });
+        assert!(seen_odd, "a long batch insert was never seen under way");
+        assert_eq!(index.version(), 2);
     }
 
     #[test]

@@ -12,9 +12,15 @@
 //! by a re-index (`reindex/`) while it holds the exclusive side of the gate. A request takes the
 //! current `Serving` once, so its answer comes from one model version; a write that embedded with
 //! a model that was switched out before it got the gate embeds again with the new one.
+//!
+//! `GET /related` answers are cached per (note, k) for one generation of what serves
+//! (`related_cache.rs`): the serving epoch (incremented by every swap) and the index's version
+//! (incremented around every index write), so a cached answer is always the one a new search
+//! would give.
 
 mod error;
 pub mod reindex;
+mod related_cache;
 mod restore;
 mod serving;
 
@@ -22,11 +28,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Mutex as AsyncMutex, RwLock};
 
 pub use error::AppError;
 pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus};
+pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, Serving, ServingTemplate};
 
 use crate::index::{Hit, NoteIndex};
@@ -36,6 +44,8 @@ use crate::note::{Embedding, ModelVersion, Note, NoteId};
 use crate::store::{content_hash, NoteWrite, Store, StoredNote};
 
 const STRIPES: usize = 64;
+/// `--related-cache-entries`' default: about 70 MB of answers at k = 20.
+pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
 
 /// Limits on what clients may send (validated in `api/`, enforced here too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,10 +106,18 @@ pub struct Related {
     pub related: Vec<RelatedNote>,
 }
 
+/// What serves now, and how many times it was swapped (the serving half of a [`Generation`]).
+struct Current {
+    serving: Arc<Serving>,
+    epoch: u64,
+}
+
 pub struct App {
     pub store: Store,
     /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
-    serving: std::sync::RwLock<Arc<Serving>>,
+    serving: std::sync::RwLock<Current>,
+    /// `GET /related` answers (JSON bodies) by (note, k), for one generation.
+    related_cache: RelatedCache<Bytes>,
     /// How to build a `Serving` for another checkpoint.
     template: ServingTemplate,
     pub metrics: Metrics,
@@ -123,10 +141,17 @@ impl App {
         template: ServingTemplate,
         metrics: Metrics,
         limits: ServiceLimits,
+        related_cache_entries: usize,
     ) -> Self {
+        let cache_metrics = CacheMetrics {
+            hits: metrics.related_cache_hits.clone(),
+            misses: metrics.related_cache_misses.clone(),
+            entries: metrics.related_cache_entries.clone(),
+        };
         Self {
             store,
-            serving: std::sync::RwLock::new(Arc::new(serving)),
+            serving: std::sync::RwLock::new(Current { serving: Arc::new(serving), epoch: 0 }),
+            related_cache: RelatedCache::new(related_cache_entries, cache_metrics),
             template,
             metrics,
             limits,
@@ -142,18 +167,26 @@ impl App {
 
     /// The model version, batcher and index serving now.
     pub fn serving(&self) -> Arc<Serving> {
-        match self.serving.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current().0
+    }
+
+    /// What serves now and its generation, read together (a swap holds the write lock).
+    fn current(&self) -> (Arc<Serving>, Generation) {
+        let c = self.serving.read().unwrap_or_else(|e| e.into_inner());
+        let generation = Generation { serving: c.epoch, index: c.serving.index.version() };
+        (c.serving.clone(), generation)
+    }
+
+    fn generation(&self) -> Generation {
+        self.current().1
     }
 
     fn set_serving(&self, serving: Serving) {
         let serving = Arc::new(serving);
-        match self.serving.write() {
-            Ok(mut g) => *g = serving,
-            Err(poisoned) => *poisoned.into_inner() = serving,
-        }
+        let mut c = self.serving.write().unwrap_or_else(|e| e.into_inner());
+        c.serving = serving;
+        // Every answer cached so far came from the index just replaced.
+        c.epoch += 1;
     }
 
     /// The index currently serving.
@@ -328,14 +361,46 @@ impl App {
     /// Top-k notes related to a stored note, never itself or a deleted note.
     pub async fn related(&self, id: &NoteId, k: usize) -> Result<Related, AppError> {
         self.require_ready()?;
-        let mut serving = self.serving();
+        let (serving, generation) = self.current();
+        Ok(self.search_related(serving, generation, id, k).await?.1)
+    }
+
+    /// [`related`](Self::related) as the JSON body of `GET /related/{id}`, from the answer
+    /// cache when it holds one computed under the current generation (then neither the store
+    /// nor the index is read). Errors are never cached.
+    pub async fn related_json(&self, id: NoteId, k: usize) -> Result<Bytes, AppError> {
+        self.require_ready()?;
+        let (serving, generation) = self.current();
+        let key = RelatedKey { id, k };
+        if let Some(body) = self.related_cache.get(&key, generation) {
+            return Ok(body);
+        }
+        let (generation, related) = self.search_related(serving, generation, &key.id, k).await?;
+        let body = Bytes::from(
+            serde_json::to_vec(&related).map_err(|e| AppError::Internal(format!("serializing an answer: {e}")))?,
+        );
+        if self.related_cache.is_enabled() {
+            self.related_cache.insert(key, body.clone(), generation, || self.generation());
+        }
+        Ok(body)
+    }
+
+    /// One uncached `/related` search with `serving`, whose generation was read before anything
+    /// else; returns the generation of the serving actually used (another after a switch).
+    async fn search_related(
+        &self,
+        mut serving: Arc<Serving>,
+        mut generation: Generation,
+        id: &NoteId,
+        k: usize,
+    ) -> Result<(Generation, Related), AppError> {
         let (query, version) =
             self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
         if version != serving.version {
             // A re-index switch commits the store's rows and then swaps the serving model, both
             // under the exclusive gate: a read that saw a switched row waits for the swap.
             let _gate = self.gate.read().await;
-            serving = self.serving();
+            (serving, generation) = self.current();
         }
         if version != serving.version {
             return Err(AppError::Conflict(format!(
@@ -344,7 +409,7 @@ impl App {
             )));
         }
         let hits = serving.index.search(&query, k, Some(id))?;
-        Ok(Self::related_answer(&serving, Some(id.clone()), hits))
+        Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)))
     }
 
     /// Related notes for an unsaved draft (cold start); nothing is stored.

@@ -1,8 +1,10 @@
-//! Training: related-pair mining from behaviour logs and the NoteLLM recipe (GCL + CSFT).
+//! Training: related-pair mining from behaviour logs, the NoteLLM recipe (GCL + CSFT) and
+//! causal-LM pre-training of from-scratch checkpoints.
 
 pub mod mining;
 
 pub mod examples;
+pub mod lm;
 pub mod loss;
 pub mod model;
 pub mod optim;

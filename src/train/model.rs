@@ -5,6 +5,9 @@
 //! for a sequence never changes, so it is computed once (fast, non-differentiable ops) and kept
 //! in memory; every later visit runs only the trained layers. With `train_layers ==
 //! num_layers` (full fine-tuning) the token embeddings train too and nothing is cached.
+//!
+//! [`TrainableModel::forward`] serves the NoteLLM recipe (embeddings and the generation logits);
+//! [`TrainableModel::lm_forward`] the causal-LM objective (logits at every position).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -211,31 +214,51 @@ impl TrainableModel {
     pub fn forward(&mut self, examples: &[&Example], logits: bool) -> Result<Forward> {
         let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
         let hidden = self.hidden(&seqs)?;
-        let (b, t, h) = hidden.dims3()?;
         let pos: Vec<usize> = examples.iter().map(|e| e.emb_pos).collect();
         let states = Decoder::gather(&hidden, &pos)?;
         let projected = states.matmul(&self.head.as_tensor().t()?)?;
         let norm = projected.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         let embeddings = projected.broadcast_div(&norm)?;
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        if logits {
-            for (i, e) in examples.iter().enumerate() {
-                for p in e.labels_from.max(1)..e.ids.len() {
-                    rows.push((i * t + p - 1) as u32);
-                    targets.push(e.ids[p]);
-                }
-            }
-        }
-        let generation = if rows.is_empty() {
-            None
+        let generation = if logits {
+            let labelled = examples.iter().map(|e| (e.ids.as_slice(), e.labels_from));
+            self.next_token_logits(&hidden, labelled)?
         } else {
-            let n = rows.len();
-            let idx = Tensor::from_vec(rows, n, &self.device)?;
-            let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
-            Some((self.decoder.logits(&picked)?, Tensor::from_vec(targets, n, &self.device)?))
+            None
         };
         Ok(Forward { embeddings, generation })
+    }
+
+    /// The causal-LM objective: next-token logits `[T, vocab]` at every real position of
+    /// right-padded `seqs` that has a successor, and the `[T]` targets; `None` when no
+    /// sequence has two tokens. The embedding head and tau take no part.
+    pub fn lm_forward(&mut self, seqs: &[Vec<u32>]) -> Result<Option<(Tensor, Tensor)>> {
+        let hidden = self.hidden(seqs)?;
+        self.next_token_logits(&hidden, seqs.iter().map(|s| (s.as_slice(), 1)))
+    }
+
+    /// Logits and targets for tokens `ids[from..]` of each sequence (each predicted from the
+    /// state one position earlier); `hidden` is `[b, t, h]` of the right-padded batch.
+    fn next_token_logits<'a>(
+        &self,
+        hidden: &Tensor,
+        seqs: impl Iterator<Item = (&'a [u32], usize)>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let (b, t, h) = hidden.dims3()?;
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (i, (ids, from)) in seqs.enumerate() {
+            for (p, &id) in ids.iter().enumerate().skip(from.max(1)) {
+                rows.push((i * t + p - 1) as u32);
+                targets.push(id);
+            }
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let n = rows.len();
+        let idx = Tensor::from_vec(rows, n, &self.device)?;
+        let picked = hidden.reshape((b * t, h))?.index_select(&idx, 0)?;
+        Ok(Some((self.decoder.logits(&picked)?, Tensor::from_vec(targets, n, &self.device)?)))
     }
 
     /// The contrastive temperature as a tensor (for the loss).

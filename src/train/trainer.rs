@@ -1,10 +1,14 @@
-//! `notellm train`: the NoteLLM recipe (GCL + CSFT) over a dataset directory's training pairs.
+//! `notellm train`: the NoteLLM recipe (GCL + CSFT) over a dataset directory's training pairs,
+//! or (`--objective lm`, [`super::lm`]) causal-LM pre-training on its training-split notes.
 //!
 //! One optimizer step = `accumulation` micro-batches of `pairs_per_step` related pairs
-//! (2B notes each, in-batch negatives within a micro-batch). Batches are cut deterministically
-//! from `(seed, epoch)`, never holding the same note twice (a duplicate would be its own false
-//! negative), so a resumed run replays exactly the batches the interrupted one would have seen
-//! and, on CPU, continues bit-identically.
+//! (2B notes each, in-batch negatives within a micro-batch); in lm mode, of 2B notes. Batches
+//! are cut deterministically from `(seed, epoch)`, never holding the same note twice (a
+//! duplicate would be its own false negative), so a resumed run replays exactly the batches the
+//! interrupted one would have seen and, on CPU, continues bit-identically.
+//!
+//! Validation: Recall@k on a seeded sample of validation pairs (NoteLLM), or the LM loss and
+//! perplexity on a seeded sample of validation notes (lm).
 //!
 //! Output directory:
 //! - the full checkpoint (`config.json`, `tokenizer.json`, `notellm.json`, `model.safetensors`),
@@ -26,6 +30,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::examples::{self, Example};
+use super::lm;
 use super::loss;
 use super::model::{ModelOptions, TrainableModel};
 use super::optim::{self, AdamW, AdamWParams};
@@ -58,15 +63,32 @@ pub enum TrainError {
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
+/// What a run optimises: `NoteLlm`, the NoteLLM recipe (GCL + CSFT over related pairs), or
+/// `Lm`, causal-LM pre-training on the training-split notes ([`super::lm`]; every layer trains).
+// (No doc comments on the variants: clap would print them as a list under `--objective` and
+// switch all of `notellm train --help` to its long layout; the flag's help says it.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    #[default]
+    #[value(name = "notellm")]
+    NoteLlm,
+    Lm,
+}
+
 /// Everything that decides what a run computes (saved with the state; a resume must match).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainOptions {
+    /// Absent in states written before the lm objective existed: those were NoteLLM runs.
+    #[serde(default)]
+    pub objective: Objective,
     pub train_layers: usize,
     pub embedding_dim: usize,
     pub pairs_per_step: usize,
     pub accumulation: usize,
     pub epochs: f64,
-    /// Use at most this many training pairs (a seeded sample), e.g. to fit a CPU budget.
+    /// Use at most this many training pairs (in lm mode, notes; a seeded sample), e.g. to fit
+    /// a CPU budget.
     pub max_pairs: Option<usize>,
     pub lr: f64,
     pub warmup_share: f64,
@@ -79,6 +101,7 @@ pub struct TrainOptions {
     pub cache_frozen: bool,
     /// Validation every this many steps (and at the end); 0 = only at the end.
     pub val_every: u64,
+    /// Validation pairs (in lm mode, validation notes).
     pub val_pairs: usize,
     pub val_pool: usize,
     pub recall_k: Vec<usize>,
@@ -89,6 +112,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         Self {
+            objective: Objective::NoteLlm,
             train_layers: 4,
             embedding_dim: 128,
             pairs_per_step: 16,
@@ -114,13 +138,27 @@ impl Default for TrainOptions {
     }
 }
 
-/// One validation result.
+/// One validation result: Recall@k (NoteLLM; `recall`, `pairs`, `pool`) or the LM loss (lm;
+/// `lm`, the recall fields empty).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Validation {
     pub step: u64,
     pub recall: Vec<(usize, f64)>,
     pub pairs: usize,
     pub pool: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lm: Option<LmValidation>,
+}
+
+/// The LM loss on the validation notes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LmValidation {
+    /// Mean next-token cross-entropy over every predicted token of the sample (nats).
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    pub notes: usize,
+    pub tokens: usize,
 }
 
 /// Progress saved in `train-state/state.json`.
@@ -143,11 +181,16 @@ pub struct Summary {
     pub notes_per_second: f64,
 }
 
+/// The generator of `epoch`'s shuffle.
+pub(crate) fn epoch_rng(seed: u64, epoch: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
 /// Batches of pair indices for `epoch`: a seeded shuffle, then greedy filling that defers a
 /// pair whose note is already in the batch to a later batch. Partial last batches are dropped.
 pub fn epoch_batches(pairs: &[(usize, usize)], per_batch: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    order.shuffle(&mut epoch_rng(seed, epoch));
     let mut batches = Vec::new();
     let mut pending: std::collections::VecDeque<usize> = order.into();
     while pending.len() >= per_batch {
@@ -186,26 +229,42 @@ pub struct Trainer {
     opt: AdamW,
     data: Dataset,
     opts: TrainOptions,
-    /// Training pairs as note indices into `data.notes`.
+    /// Training pairs as note indices into `data.notes` (NoteLLM; empty in lm mode).
     pairs: Vec<(usize, usize)>,
+    /// Training notes as indices into `data.notes` (lm; empty in NoteLLM mode).
+    lm_notes: Vec<usize>,
     examples: HashMap<usize, Option<Example>>,
+    sequences: HashMap<usize, Option<Vec<u32>>>,
     limits: Limits,
     out: PathBuf,
     state: State,
     val: Option<ValSet>,
 }
 
-/// The fixed validation sample: pairs and the pool they are ranked in.
-struct ValSet {
-    pool: Vec<NoteId>,
-    examples: Vec<Example>,
-    pairs: Vec<Pair>,
+/// The fixed validation sample.
+enum ValSet {
+    /// Pairs and the pool they are ranked in.
+    Recall { pool: Vec<NoteId>, examples: Vec<Example>, pairs: Vec<Pair> },
+    /// Validation notes' LM sequences.
+    Lm { sequences: Vec<Vec<u32>> },
+}
+
+/// One micro-batch's losses and gradients.
+struct Micro {
+    loss: f64,
+    cl: Option<f64>,
+    gen: Option<f64>,
+    notes: usize,
+    grads: GradStore,
 }
 
 impl Trainer {
     pub fn new(data_dir: &Path, base: &Path, out: &Path, device: &Device, opts: TrainOptions) -> Result<Self> {
-        if opts.pairs_per_step < 2 {
+        if opts.objective == Objective::NoteLlm && opts.pairs_per_step < 2 {
             return Err(TrainError::Invalid("pairs_per_step must be at least 2 (in-batch negatives)".into()));
+        }
+        if opts.pairs_per_step == 0 {
+            return Err(TrainError::Invalid("pairs_per_step must be at least 1".into()));
         }
         if opts.accumulation == 0 || opts.epochs <= 0.0 || opts.lr <= 0.0 {
             return Err(TrainError::Invalid("accumulation, epochs and lr must be positive".into()));
@@ -222,28 +281,21 @@ impl Trainer {
                 cache_frozen: opts.cache_frozen,
             },
         )?;
-        let params = AdamWParams { weight_decay: opts.weight_decay, ..Default::default() };
-        let opt = AdamW::new(model.vars().to_vec(), params)?;
-        let mut pairs: Vec<(usize, usize)> = data
-            .pairs(Part::Train)
-            .iter()
-            .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
-            .filter(|(a, b)| a != b)
-            .collect();
-        if let Some(max) = opts.max_pairs {
-            if pairs.len() > max {
-                pairs.shuffle(&mut StdRng::seed_from_u64(opts.seed));
-                pairs.truncate(max);
-                pairs.sort_unstable();
-            }
-        }
-        if pairs.len() < opts.pairs_per_step {
+        let layers = model.decoder().config().num_layers;
+        if opts.objective == Objective::Lm && model.first_trained_layer() > 0 {
             return Err(TrainError::Invalid(format!(
-                "{} training pairs is fewer than one batch of {}",
-                pairs.len(),
-                opts.pairs_per_step
+                "--objective lm trains every layer: pass --train-layers {layers} or more (the model has \
+                 {layers} layers, --train-layers is {})",
+                opts.train_layers
             )));
         }
+        let params = AdamWParams { weight_decay: opts.weight_decay, ..Default::default() };
+        // In lm mode the head and tau get no gradient: the optimizer and the clipping skip them.
+        let opt = AdamW::new(model.vars().to_vec(), params)?;
+        let (pairs, lm_notes) = match opts.objective {
+            Objective::NoteLlm => (training_pairs(&data, &opts)?, Vec::new()),
+            Objective::Lm => (Vec::new(), training_notes(&data, &opts)?),
+        };
         let limits = Limits {
             title: model.base_config().max_title_tokens,
             content: model.base_config().max_content_tokens,
@@ -256,17 +308,29 @@ impl Trainer {
             data,
             opts,
             pairs,
+            lm_notes,
             examples: HashMap::new(),
+            sequences: HashMap::new(),
             limits,
             out: out.to_owned(),
             state,
             val: None,
         };
-        t.val = t.val_set()?;
+        t.val = match t.opts.objective {
+            Objective::NoteLlm => t.val_set()?,
+            Objective::Lm => t.lm_val_set()?,
+        };
+        let val = match &t.val {
+            None => 0,
+            Some(ValSet::Recall { pairs, .. }) => pairs.len(),
+            Some(ValSet::Lm { sequences }) => sequences.len(),
+        };
         tracing::info!(
+            objective = ?t.opts.objective,
             pairs = t.pairs.len(),
+            notes = t.lm_notes.len(),
             steps = t.total_steps(),
-            val_pairs = t.val.as_ref().map_or(0, |v| v.pairs.len()),
+            val,
             "training set ready"
         );
         Ok(t)
@@ -280,8 +344,28 @@ impl Trainer {
         self.state.step
     }
 
+    /// The micro-batches of `epoch`: pair indices (NoteLLM) or note indices (lm).
+    fn epoch_plan(&self, epoch: u64) -> Vec<Vec<usize>> {
+        match self.opts.objective {
+            Objective::NoteLlm => epoch_batches(&self.pairs, self.opts.pairs_per_step, self.opts.seed, epoch),
+            Objective::Lm => lm::epoch_batches(&self.lm_notes, 2 * self.opts.pairs_per_step, self.opts.seed, epoch),
+        }
+    }
+
     fn batches_per_epoch(&self) -> usize {
-        epoch_batches(&self.pairs, self.opts.pairs_per_step, self.opts.seed, 0).len()
+        self.epoch_plan(0).len()
+    }
+
+    /// The notes of each micro-batch of `epoch`, in order (what the run trains on).
+    pub fn batch_notes(&self, epoch: u64) -> Vec<Vec<NoteId>> {
+        let id = |i: usize| self.data.notes[i].note_id.clone();
+        self.epoch_plan(epoch)
+            .into_iter()
+            .map(|batch| match self.opts.objective {
+                Objective::NoteLlm => batch.iter().flat_map(|&p| [id(self.pairs[p].0), id(self.pairs[p].1)]).collect(),
+                Objective::Lm => batch.into_iter().map(id).collect(),
+            })
+            .collect()
     }
 
     /// Optimizer steps in the whole run.
@@ -317,7 +401,53 @@ impl Trainer {
                 Ok(examples::for_embedding(self.model.tokenizer(), self.limits, note)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(ValSet { pool, examples, pairs }))
+        Ok(Some(ValSet::Recall { pool, examples, pairs }))
+    }
+
+    /// lm mode: a seeded sample of `val_pairs` validation notes.
+    fn lm_val_set(&self) -> Result<Option<ValSet>> {
+        let mut ids: Vec<NoteId> = self.data.ids(Part::Val).to_vec();
+        ids.shuffle(&mut StdRng::seed_from_u64(self.opts.seed.wrapping_add(1)));
+        ids.truncate(self.opts.val_pairs);
+        let sequences = self.lm_sequences(&ids)?;
+        Ok((!sequences.is_empty()).then_some(ValSet::Lm { sequences }))
+    }
+
+    /// The LM sequences of `ids` (those with a token to predict).
+    fn lm_sequences(&self, ids: &[NoteId]) -> Result<Vec<Vec<u32>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let note = self.data.note(id).ok_or_else(|| TrainError::Invalid(format!("unknown note {id}")))?;
+            let seq = lm::sequence(self.model.tokenizer(), self.limits, note)?;
+            if seq.len() >= 2 {
+                out.push(seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mean LM loss (nats per predicted token) of the model on the notes `ids`.
+    pub fn lm_loss(&mut self, ids: &[NoteId]) -> Result<f64> {
+        let seqs = self.lm_sequences(ids)?;
+        Ok(lm_loss_of(&mut self.model, &seqs)?.0)
+    }
+
+    /// lm mode: the note's sequence, rendered once.
+    fn sequence(&mut self, note: usize) -> Result<Option<Vec<u32>>> {
+        if let Some(s) = self.sequences.get(&note) {
+            return Ok(s.clone());
+        }
+        let line = &self.data.notes[note];
+        let seq = match lm::sequence(self.model.tokenizer(), self.limits, &line.note) {
+            Ok(s) if s.len() >= 2 => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(note = %line.note_id, error = %e, "note left out of training");
+                None
+            }
+        };
+        self.sequences.insert(note, seq.clone());
+        Ok(seq)
     }
 
     fn example(&mut self, note: usize) -> Result<Option<Example>> {
@@ -339,7 +469,30 @@ impl Trainer {
     }
 
     /// Loss of one micro-batch and its gradients.
-    fn micro_step(&mut self, batch: &[usize]) -> Result<(f64, f64, Option<f64>, GradStore)> {
+    fn micro_step(&mut self, batch: &[usize]) -> Result<Micro> {
+        match self.opts.objective {
+            Objective::NoteLlm => self.notellm_micro_step(batch),
+            Objective::Lm => self.lm_micro_step(batch),
+        }
+    }
+
+    /// lm mode: `batch` holds note indices.
+    fn lm_micro_step(&mut self, batch: &[usize]) -> Result<Micro> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for &n in batch {
+            seqs.extend(self.sequence(n)?);
+        }
+        let Some((logits, targets)) = self.model.lm_forward(&seqs)? else {
+            return Err(TrainError::Invalid("a batch has no note with a token to predict".into()));
+        };
+        let lm = loss::generation(&logits, &targets)?;
+        let grads = (&lm / self.opts.accumulation as f64)?.backward()?;
+        let loss = lm.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok(Micro { loss, cl: None, gen: None, notes: seqs.len(), grads })
+    }
+
+    /// NoteLLM mode: `batch` holds pair indices.
+    fn notellm_micro_step(&mut self, batch: &[usize]) -> Result<Micro> {
         let mut exs = Vec::with_capacity(batch.len() * 2);
         for &p in batch {
             let (a, b) = self.pairs[p];
@@ -359,7 +512,13 @@ impl Trainer {
         let scaled = (&total / self.opts.accumulation as f64)?;
         let grads = scaled.backward()?;
         let as_f64 = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
-        Ok((as_f64(&total)?, as_f64(&cl)?, gen.as_ref().map(as_f64).transpose()?, grads))
+        Ok(Micro {
+            loss: as_f64(&total)?,
+            cl: Some(as_f64(&cl)?),
+            gen: gen.as_ref().map(as_f64).transpose()?,
+            notes: exs.len(),
+            grads,
+        })
     }
 
     /// Runs the remaining steps, validating and saving as configured, and writes the checkpoint
@@ -390,14 +549,20 @@ impl Trainer {
                 let micro = step as usize * self.opts.accumulation + m;
                 let epoch = (micro / per_epoch) as u64;
                 if epoch != batches_epoch {
-                    batches = epoch_batches(&self.pairs, self.opts.pairs_per_step, self.opts.seed, epoch);
+                    batches = self.epoch_plan(epoch);
                     batches_epoch = epoch;
                 }
-                let batch = batches[micro % per_epoch].clone();
-                let (l, cl, gen, grads) = self.micro_step(&batch)?;
-                notes += batch.len() * 2;
+                // The schedule counts epoch 0's batches; greedy packing can cut a later epoch
+                // one or two batches shorter, so wrap within it (deterministic, so a resumed
+                // run still replays the same batches) rather than index past its end.
+                if batches.is_empty() {
+                    return Err(TrainError::Invalid(format!("epoch {epoch} has no full batch")));
+                }
+                let batch = batches[(micro % per_epoch) % batches.len()].clone();
+                let Micro { loss: l, cl, gen, notes: n, grads } = self.micro_step(&batch)?;
+                notes += n;
                 l_sum += l;
-                cl_sum += cl;
+                cl_sum += cl.unwrap_or(0.0);
                 if let Some(g) = gen {
                     gen_sum += g;
                     gen_n += 1;
@@ -430,15 +595,34 @@ impl Trainer {
             done_here += 1;
             self.state.losses.push((self.state.step, last_loss));
             let rate = notes as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            let gen_msg = if gen_n > 0 { format!(" gen {:.3}", gen_sum / gen_n as f64) } else { String::new() };
-            pb.set_message(format!(
-                "training loss {last_loss:.4} (cl {:.4}{gen_msg}) tau {:.3} |g| {norm:.2} lr {lr:.2e} {rate:.1} notes/s",
-                cl_sum / k,
-                self.model.tau()?
-            ));
+            let lm_mode = self.opts.objective == Objective::Lm;
+            if lm_mode {
+                pb.set_message(format!(
+                    "training loss {last_loss:.4} (ppl {:.1}) |g| {norm:.2} lr {lr:.2e} {rate:.1} notes/s",
+                    last_loss.exp()
+                ));
+            } else {
+                let gen_msg = if gen_n > 0 { format!(" gen {:.3}", gen_sum / gen_n as f64) } else { String::new() };
+                pb.set_message(format!(
+                    "training loss {last_loss:.4} (cl {:.4}{gen_msg}) tau {:.3} |g| {norm:.2} lr {lr:.2e} {rate:.1} notes/s",
+                    cl_sum / k,
+                    self.model.tau()?
+                ));
+            }
             pb.set_position(self.state.step);
             // The bar is hidden when stderr is not a terminal: log every 10th step instead.
-            if pb.is_hidden() && self.state.step % 10 == 0 {
+            if pb.is_hidden() && self.state.step % 10 == 0 && lm_mode {
+                tracing::info!(
+                    step = self.state.step,
+                    of = total,
+                    loss = last_loss,
+                    perplexity = last_loss.exp(),
+                    grad_norm = norm,
+                    lr,
+                    notes_per_s = rate,
+                    "step"
+                );
+            } else if pb.is_hidden() && self.state.step % 10 == 0 {
                 tracing::info!(
                     step = self.state.step,
                     of = total,
@@ -478,17 +662,45 @@ impl Trainer {
         })
     }
 
-    /// Recall@k of the current model on the validation sample.
+    /// Recall@k (NoteLLM) or the LM loss (lm) of the current model on the validation sample.
     pub fn validate(&mut self) -> Result<Option<Validation>> {
-        let Some(val) = &self.val else { return Ok(None) };
-        let examples = val.examples.clone();
+        match &self.val {
+            None => Ok(None),
+            Some(ValSet::Lm { .. }) => self.validate_lm(),
+            Some(ValSet::Recall { .. }) => self.validate_recall(),
+        }
+    }
+
+    fn validate_lm(&mut self) -> Result<Option<Validation>> {
+        // Disjoint fields: the sample is read while the model runs.
+        let Some(ValSet::Lm { sequences }) = &self.val else { return Ok(None) };
         let started = Instant::now();
-        let embs = self.model.embed(&examples, 16)?;
+        let (loss, tokens) = lm_loss_of(&mut self.model, sequences)?;
+        let lm = LmValidation { loss, perplexity: loss.exp(), notes: sequences.len(), tokens };
+        tracing::info!(
+            step = self.state.step,
+            loss = lm.loss,
+            perplexity = lm.perplexity,
+            notes = lm.notes,
+            tokens = lm.tokens,
+            seconds = started.elapsed().as_secs_f64(),
+            "validation"
+        );
+        let v = Validation { step: self.state.step, recall: Vec::new(), pairs: 0, pool: 0, lm: Some(lm) };
+        self.state.history.push(v.clone());
+        Ok(Some(v))
+    }
+
+    fn validate_recall(&mut self) -> Result<Option<Validation>> {
+        // Disjoint fields: the sample is read while the model runs.
+        let Some(ValSet::Recall { pool, examples, pairs }) = &self.val else { return Ok(None) };
+        let started = Instant::now();
+        let embs = self.model.embed(examples, 16)?;
         let opts = crate::eval::RecallOptions { ks: self.opts.recall_k.clone(), progress: false, ..Default::default() };
-        let report = crate::eval::evaluate_dense(&val.pool, &embs, &val.pairs, &opts)
+        let report = crate::eval::evaluate_dense(pool, &embs, pairs, &opts)
             .map_err(|e| TrainError::Invalid(format!("validation: {e}")))?;
         let recall: Vec<(usize, f64)> = report.ks.iter().copied().zip(report.recall.iter().copied()).collect();
-        let v = Validation { step: self.state.step, recall, pairs: val.pairs.len(), pool: val.pool.len() };
+        let v = Validation { step: self.state.step, recall, pairs: pairs.len(), pool: pool.len(), lm: None };
         tracing::info!(
             step = v.step,
             recall = %v.recall.iter().map(|(k, r)| format!("R@{k}={:.2}%", r * 100.0)).collect::<Vec<_>>().join(" "),
@@ -565,6 +777,69 @@ impl Trainer {
     }
 }
 
+/// Token-weighted mean LM loss of `seqs` under `model` and the number of predicted tokens.
+fn lm_loss_of(model: &mut TrainableModel, seqs: &[Vec<u32>]) -> Result<(f64, usize)> {
+    let (mut sum, mut tokens) = (0.0, 0usize);
+    for chunk in seqs.chunks(16) {
+        let Some((logits, targets)) = model.lm_forward(chunk)? else { continue };
+        let n = targets.dim(0)?;
+        let mean = loss::generation(&logits, &targets)?;
+        sum += mean.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+        tokens += n;
+    }
+    if tokens == 0 {
+        return Err(TrainError::Invalid("no note has a token to predict".into()));
+    }
+    Ok((sum / tokens as f64, tokens))
+}
+
+/// NoteLLM mode: the training pairs as note indices (a seeded sample of `max_pairs`).
+fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usize)>> {
+    let mut pairs: Vec<(usize, usize)> = data
+        .pairs(Part::Train)
+        .iter()
+        .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
+        .filter(|(a, b)| a != b)
+        .collect();
+    if let Some(max) = opts.max_pairs {
+        if pairs.len() > max {
+            pairs.shuffle(&mut StdRng::seed_from_u64(opts.seed));
+            pairs.truncate(max);
+            pairs.sort_unstable();
+        }
+    }
+    if pairs.len() < opts.pairs_per_step {
+        return Err(TrainError::Invalid(format!(
+            "{} training pairs is fewer than one batch of {}",
+            pairs.len(),
+            opts.pairs_per_step
+        )));
+    }
+    Ok(pairs)
+}
+
+/// lm mode: the training-split notes as note indices (a seeded sample of `max_pairs`).
+fn training_notes(data: &Dataset, opts: &TrainOptions) -> Result<Vec<usize>> {
+    let mut notes: Vec<usize> = data.ids(Part::Train).iter().filter_map(|id| data.by_id.get(id).copied()).collect();
+    notes.sort_unstable();
+    notes.dedup();
+    if let Some(max) = opts.max_pairs {
+        if notes.len() > max {
+            notes.shuffle(&mut StdRng::seed_from_u64(opts.seed));
+            notes.truncate(max);
+            notes.sort_unstable();
+        }
+    }
+    let per_batch = 2 * opts.pairs_per_step;
+    if notes.len() < per_batch {
+        return Err(TrainError::Invalid(format!(
+            "{} training notes is fewer than one batch of {per_batch} (2 x pairs_per_step)",
+            notes.len()
+        )));
+    }
+    Ok(notes)
+}
+
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
     std::fs::write(path, text).map_err(|source| TrainError::Io { path: path.to_owned(), source })
@@ -573,6 +848,21 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_written_before_the_lm_objective_still_parse() {
+        let mut opts = serde_json::to_value(TrainOptions::default()).unwrap();
+        opts.as_object_mut().unwrap().remove("objective");
+        let parsed: TrainOptions = serde_json::from_value(opts).unwrap();
+        assert_eq!(parsed, TrainOptions::default());
+        assert_eq!(parsed.objective, Objective::NoteLlm);
+        let v: Validation = serde_json::from_str(r#"{"step":3,"recall":[[10,0.5]],"pairs":2,"pool":4}"#).unwrap();
+        assert!(v.lm.is_none());
+        // and the new field is written only when there is one
+        assert!(!serde_json::to_string(&v).unwrap().contains("lm"));
+        let lm = TrainOptions { objective: Objective::Lm, ..TrainOptions::default() };
+        assert!(serde_json::to_string(&lm).unwrap().contains(r#""objective":"lm""#));
+    }
 
     #[test]
     fn batches_are_deterministic_full_and_free_of_duplicate_notes() {
