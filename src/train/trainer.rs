@@ -611,30 +611,32 @@ impl Trainer {
             }
             pb.set_position(self.state.step);
             // The bar is hidden when stderr is not a terminal: log every 10th step instead.
-            if pb.is_hidden() && self.state.step % 10 == 0 && lm_mode {
-                tracing::info!(
-                    step = self.state.step,
-                    of = total,
-                    loss = last_loss,
-                    perplexity = last_loss.exp(),
-                    grad_norm = norm,
-                    lr,
-                    notes_per_s = rate,
-                    "step"
-                );
-            } else if pb.is_hidden() && self.state.step % 10 == 0 {
-                tracing::info!(
-                    step = self.state.step,
-                    of = total,
-                    loss = last_loss,
-                    cl = cl_sum / k,
-                    tau = self.model.tau()?,
-                    grad_norm = norm,
-                    lr,
-                    notes_per_s = rate,
-                    cached_mb = self.model.cache_bytes() / (1 << 20),
-                    "step"
-                );
+            if pb.is_hidden() && self.state.step % 10 == 0 {
+                if lm_mode {
+                    tracing::info!(
+                        step = self.state.step,
+                        of = total,
+                        loss = last_loss,
+                        perplexity = last_loss.exp(),
+                        grad_norm = norm,
+                        lr,
+                        notes_per_s = rate,
+                        "step"
+                    );
+                } else {
+                    tracing::info!(
+                        step = self.state.step,
+                        of = total,
+                        loss = last_loss,
+                        cl = cl_sum / k,
+                        tau = self.model.tau()?,
+                        grad_norm = norm,
+                        lr,
+                        notes_per_s = rate,
+                        cached_mb = self.model.cache_bytes() / (1 << 20),
+                        "step"
+                    );
+                }
             }
             if self.opts.val_every > 0 && self.state.step % self.opts.val_every == 0 && self.state.step < total {
                 self.validate()?;
@@ -793,6 +795,16 @@ fn lm_loss_of(model: &mut TrainableModel, seqs: &[Vec<u32>]) -> Result<(f64, usi
     Ok((sum / tokens as f64, tokens))
 }
 
+/// Keeps a seeded sample of at most `max` of `items`, in sorted order (all of them when `max`
+/// is `None` or not smaller).
+fn seeded_sample<T: Ord>(items: &mut Vec<T>, max: Option<usize>, seed: u64) {
+    if let Some(max) = max.filter(|&m| items.len() > m) {
+        items.shuffle(&mut StdRng::seed_from_u64(seed));
+        items.truncate(max);
+        items.sort_unstable();
+    }
+}
+
 /// NoteLLM mode: the training pairs as note indices (a seeded sample of `max_pairs`).
 fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usize)>> {
     let mut pairs: Vec<(usize, usize)> = data
@@ -801,13 +813,7 @@ fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usi
         .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
         .filter(|(a, b)| a != b)
         .collect();
-    if let Some(max) = opts.max_pairs {
-        if pairs.len() > max {
-            pairs.shuffle(&mut StdRng::seed_from_u64(opts.seed));
-            pairs.truncate(max);
-            pairs.sort_unstable();
-        }
-    }
+    seeded_sample(&mut pairs, opts.max_pairs, opts.seed);
     if pairs.len() < opts.pairs_per_step {
         return Err(TrainError::Invalid(format!(
             "{} training pairs is fewer than one batch of {}",
@@ -823,13 +829,7 @@ fn training_notes(data: &Dataset, opts: &TrainOptions) -> Result<Vec<usize>> {
     let mut notes: Vec<usize> = data.ids(Part::Train).iter().filter_map(|id| data.by_id.get(id).copied()).collect();
     notes.sort_unstable();
     notes.dedup();
-    if let Some(max) = opts.max_pairs {
-        if notes.len() > max {
-            notes.shuffle(&mut StdRng::seed_from_u64(opts.seed));
-            notes.truncate(max);
-            notes.sort_unstable();
-        }
-    }
+    seeded_sample(&mut notes, opts.max_pairs, opts.seed);
     let per_batch = 2 * opts.pairs_per_step;
     if notes.len() < per_batch {
         return Err(TrainError::Invalid(format!(
