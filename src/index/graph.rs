@@ -1,18 +1,17 @@
-//! One generation of the index: an hnsw_rs graph and the id map of its points.
+//! One generation of the index: an hnsw_rs graph, its flat mirror, and the id map of its points.
 //!
-//! `NoteIndex` swaps whole generations on `rebuild()`. Vectors live only inside hnsw_rs's points
-//! (it copies every inserted slice); `for_each_point` reads them back for rebuilds, snapshots and
-//! exact search, so the index keeps no second copy.
+//! `NoteIndex` swaps whole generations on `rebuild()`. hnsw_rs builds the graph (inserts) and
+//! dumps it (snapshots); searches run on the flat mirror of it (`flat.rs`, kept equal by
+//! `mirror.rs` after every insert), which holds the second copy of the vectors.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
-
-use hnsw_rs::hnsw::Neighbour;
 
 use crate::note::NoteId;
 
 use super::dist::{dot, UnitDot};
 use super::ids::IdMap;
+use super::mirror::{layer_counts, Mirror};
 use super::{Hit, IndexConfig};
 
 /// The hnsw_rs graph type. `'static`: points own their data (no mmap).
@@ -28,17 +27,21 @@ const PROGRESS_CHUNK: usize = 20_000;
 
 pub struct Graph {
     pub hnsw: Hnsw,
+    mirror: Mirror,
     ids: RwLock<IdMap>,
 }
 
 impl Graph {
     pub fn new(cfg: &IndexConfig, capacity: usize) -> Self {
         let hnsw = Hnsw::new(cfg.m, capacity.max(16), NB_LAYERS, cfg.ef_construction, UnitDot);
-        Self::from_parts(hnsw, IdMap::with_capacity(capacity))
+        Self::from_parts(cfg, hnsw, IdMap::with_capacity(capacity))
     }
 
-    pub fn from_parts(hnsw: Hnsw, ids: IdMap) -> Self {
-        Self { hnsw, ids: RwLock::new(ids) }
+    /// A generation around an existing hnsw_rs graph (a loaded snapshot): mirrors it whole.
+    pub fn from_parts(cfg: &IndexConfig, hnsw: Hnsw, ids: IdMap) -> Self {
+        let mirror = Mirror::new(cfg.dim, cfg.m, ids.allocated());
+        mirror.sync_all(&hnsw);
+        Self { hnsw, mirror, ids: RwLock::new(ids) }
     }
 
     /// Read access to the id map; a poisoned lock is still consistent (every mutation of the
@@ -55,17 +58,21 @@ impl Graph {
     /// earlier ones with the same note id. The caller serialises writers.
     pub fn insert(&self, items: &[(&NoteId, &[f32])]) {
         let first = self.ids_mut().allocate(items.len()).start;
+        self.mirror.reserve(first + items.len());
         let start = Instant::now();
         let log = items.len() > PROGRESS_CHUNK;
         for (c, chunk) in items.chunks(PROGRESS_CHUNK).enumerate() {
             let base = first + c * PROGRESS_CHUNK;
             if chunk.len() < PARALLEL_MIN {
                 for (i, (_, v)) in chunk.iter().enumerate() {
+                    let before = layer_counts(&self.hnsw);
                     self.hnsw.insert_slice((v, base + i));
+                    self.mirror.after_insert(&self.hnsw, &before);
                 }
             } else {
                 let points: Vec<(&[f32], usize)> = chunk.iter().enumerate().map(|(i, (_, v))| (*v, base + i)).collect();
                 self.hnsw.parallel_insert_slice(&points);
+                self.mirror.sync_all(&self.hnsw);
             }
             // Commit chunk by chunk, so that a long load becomes searchable progressively.
             let mut map = self.ids_mut();
@@ -80,78 +87,84 @@ impl Graph {
         }
     }
 
+    /// See `Mirror::check`.
+    #[cfg(test)]
+    pub fn check_mirror(&self) -> Result<(), String> {
+        self.mirror.check(&self.hnsw)
+    }
+
     pub fn remove(&self, note: &NoteId) -> bool {
         self.ids_mut().remove(note)
     }
 
     /// Top-`k` live notes by cosine to `query`, `exclude` left out, best first.
-    ///
-    /// Fast path: hnsw_rs's plain search for the `ef` nearest points, tombstones and the excluded
-    /// note dropped afterwards. Only when that beam holds fewer than `k` live points (tombstones
-    /// crowding the query's neighbourhood) does it run `search_filter` with the liveness filter,
-    /// over-fetching one (hnsw_rs may keep its filtered-out entry point among the results),
-    /// widening the beam, and finally scanning exactly, so that `min(k, live notes)` hits come
-    /// back whenever they exist. Why not `search_filter` always: in hnsw_rs 0.3.5 a filtered
-    /// search has no early exit (it expands every queued candidate) and costs 2.5-3x a plain
-    /// one at the same `ef` (measured in `index/mod.rs`).
     pub fn search(&self, query: &[f32], k: usize, ef_search: usize, exclude: Option<&NoteId>) -> Vec<Hit> {
-        let (live, excluded, n_live) = {
+        let excluded = exclude.and_then(|n| self.ids().get(n));
+        self.search_internal(query, k, ef_search, excluded)
+    }
+
+    /// Top-`k` live notes related to the live note `note` (its own vector as the query, itself
+    /// left out); `None` when the note is not in this graph.
+    pub fn search_note(&self, note: &NoteId, k: usize, ef_search: usize) -> Option<Vec<Hit>> {
+        let internal = self.ids().get(note)?;
+        let flat = self.mirror.flat();
+        let view = flat.view();
+        // A committed point is always published (the mirror is updated before the commit).
+        let query = (internal < view.len()).then(|| view.vector(internal).to_vec())?;
+        Some(self.search_internal(&query, k, ef_search, Some(internal)))
+    }
+
+    /// The beam search on the mirror (`flat.rs`), every live point but `excluded` accepted.
+    /// When the beam holds fewer than `min(k, live notes)` of them (tombstones cutting a
+    /// neighbourhood off, or writes racing the search), an exact scan answers instead.
+    fn search_internal(&self, query: &[f32], k: usize, ef_search: usize, excluded: Option<usize>) -> Vec<Hit> {
+        let (live, n_live) = {
             let ids = self.ids();
-            (ids.live_bits(), exclude.and_then(|n| ids.get(n)), ids.len())
+            (ids.live_bits(), ids.len())
         };
-        let wanted = k.min(n_live - usize::from(excluded.is_some()));
+        let excluded_live = excluded.is_some_and(|i| live.get(i));
+        let wanted = k.min(n_live.saturating_sub(usize::from(excluded_live)));
         if wanted == 0 {
             return Vec::new();
         }
-        let points = self.hnsw.get_nb_point();
-        let mut ef = ef_search.max(wanted + 1);
-        let beam = self.hnsw.search(query, ef, ef);
-        let hits = self.to_hits(&beam, excluded, wanted);
+        let found = self.mirror.flat().search(query, ef_search.max(wanted), |id| Some(id) != excluded && live.get(id));
+        let hits = self.to_hits(&found, wanted);
         if hits.len() >= wanted {
             return hits;
         }
-        let filter = |id: &usize| Some(*id) != excluded && live.get(*id);
-        loop {
-            let found = self.hnsw.search_filter(query, wanted + 1, ef, Some(&filter));
-            let hits = self.to_hits(&found, excluded, wanted);
-            if hits.len() >= wanted {
-                return hits;
-            }
-            if ef >= points {
-                tracing::debug!(wanted, got = hits.len(), "hnsw search short of live hits; exact scan");
-                return self.exact(query, k, exclude);
-            }
-            ef = ef.saturating_mul(4).min(points.max(wanted + 1));
-        }
+        tracing::debug!(wanted, got = hits.len(), "hnsw search short of live hits; exact scan");
+        self.exact_internal(query, k, excluded)
     }
 
-    fn to_hits(&self, found: &[Neighbour], excluded: Option<usize>, wanted: usize) -> Vec<Hit> {
+    /// `(distance, internal id)` nearest first to hits, dropping points that died meanwhile.
+    fn to_hits(&self, found: &[(f32, usize)], wanted: usize) -> Vec<Hit> {
         let ids = self.ids();
-        // hnsw_rs returns neighbours by increasing distance; the sort only guards that.
-        let mut hits: Vec<Hit> = found
+        found
             .iter()
-            .filter(|n| Some(n.d_id) != excluded)
-            .filter_map(|n| ids.note(n.d_id).map(|id| (id, 1.0 - n.distance)))
+            .filter_map(|&(distance, id)| ids.note(id).map(|note| Hit { id: note.clone(), score: 1.0 - distance }))
             .take(wanted)
-            .map(|(id, score)| Hit { id: id.clone(), score })
-            .collect();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-        hits
+            .collect()
     }
 
     /// Brute-force top-`k` over every live point (tests, recall measurement, last resort).
     pub fn exact(&self, query: &[f32], k: usize, exclude: Option<&NoteId>) -> Vec<Hit> {
+        let excluded = exclude.and_then(|n| self.ids().get(n));
+        self.exact_internal(query, k, excluded)
+    }
+
+    fn exact_internal(&self, query: &[f32], k: usize, excluded: Option<usize>) -> Vec<Hit> {
         if k == 0 {
             return Vec::new();
         }
+        let flat = self.mirror.flat();
+        let view = flat.view();
         let ids = self.ids();
-        let excluded = exclude.and_then(|n| ids.get(n));
         let mut scored: Vec<(f32, usize)> = Vec::with_capacity(ids.len());
-        self.for_each_point(|id, v| {
+        for id in 0..view.len() {
             if Some(id) != excluded && ids.note(id).is_some() {
-                scored.push((dot(query, v).min(1.0), id));
+                scored.push((dot(query, view.vector(id)).min(1.0), id));
             }
-        });
+        }
         let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if scored.len() > k {
             scored.select_nth_unstable_by(k - 1, by_score);
@@ -203,6 +216,6 @@ impl Graph {
         let layer0 = 2 * cfg.m + 1;
         // Upper layers hold ~1/(m-1) of the points with up to m links each: about one more link.
         let links = (layer0 + 1) * PER_LINK + layer0.next_power_of_two() * 8;
-        points * (POINT_FIXED + vector + links) + self.ids().heap_bytes()
+        points * (POINT_FIXED + vector + links) + self.ids().heap_bytes() + self.mirror.heap_bytes()
     }
 }

@@ -179,6 +179,16 @@ impl NoteIndex {
         Ok(self.graph().search(query.as_slice(), k, ef_search.max(1), exclude))
     }
 
+    /// Top-`k` notes related to the indexed note `id`: a search with its own vector, itself left
+    /// out (what `GET /related/{id}` answers). `None` when `id` is not in the index, e.g. a note
+    /// stored under another model version, or deleted.
+    pub fn related(&self, id: &NoteId, k: usize) -> Option<Vec<Hit>> {
+        if k == 0 {
+            return self.contains(id).then(Vec::new);
+        }
+        self.graph().search_note(id, k, self.cfg.ef_search.max(1))
+    }
+
     /// Brute-force top-`k` (same contract as [`search`](Self::search)); O(n·dim).
     pub fn exact_search(&self, query: &Embedding, k: usize, exclude: Option<&NoteId>) -> Result<Vec<Hit>, IndexError> {
         self.check_dim(query)?;

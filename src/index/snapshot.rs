@@ -197,7 +197,7 @@ pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, i64)>, Index
         let hnsw = load_hnsw(&folder, &manifest)?;
         let ids = IdMap::from_entries(allocated.max(manifest.points), entries)
             .map_err(|r| IndexError::corrupt(&ids_path, r))?;
-        let graph = Graph::from_parts(hnsw, ids);
+        let graph = Graph::from_parts(cfg, hnsw, ids);
         check_graph(&graph, &folder)?;
         graph
     } else if manifest.points == 0 && entries.is_empty() {

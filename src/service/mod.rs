@@ -394,6 +394,12 @@ impl App {
         id: &NoteId,
         k: usize,
     ) -> Result<(Generation, Related), AppError> {
+        // The index holds the note's vector when it serves it (only vectors of the serving
+        // model enter it): no store read. Otherwise the store says 404 or 409, or the note was
+        // committed and is about to be indexed.
+        if let Some(hits) = serving.index.related(id, k) {
+            return Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)));
+        }
         let (query, version) =
             self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
         if version != serving.version {
