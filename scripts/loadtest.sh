@@ -16,19 +16,20 @@
 # connections a mean latency of 0.8 ms, under the 2 ms p99 target; 64 could not average under
 # 6.4 ms), WRK_THREADS (1), ZIPF_S (1.0), K (20), CONN (concurrent PUTs for `ingest`), PORT,
 # INGEST_N, REINGEST=1 (rebuild the N-note store even when WORK holds one), WORK (default
-# target/loadtest), CARGO_TARGET_DIR (where the release binary is built).
+# target/loadtest), CARGO_TARGET_DIR (where the release binary is built), NOTELLM_BIN (run this
+# binary instead of building one: to compare two builds on the same store and machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
 N=${N:-100000}; DUR=${DUR:-30}; WARM=${WARM:-30}; CONN=${CONN:-64}; PORT=${PORT:-18080}; INGEST_N=${INGEST_N:-256}
 RELATED_CONN=${RELATED_CONN:-8}; WRK_THREADS=${WRK_THREADS:-1}; ZIPF_S=${ZIPF_S:-1.0}; K=${K:-20}
 WORK=${WORK:-target/loadtest}
-BIN=${CARGO_TARGET_DIR:-target}/release/notellm
+BIN=${NOTELLM_BIN:-${CARGO_TARGET_DIR:-target}/release/notellm}
 mkdir -p "$WORK"
 export NOTELLM_LOG=${NOTELLM_LOG:-warn}
 
 for tool in wrk bc; do command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $tool >/dev/null; }; done
-cargo build --release --quiet
+[ -n "${NOTELLM_BIN:-}" ] || cargo build --release --quiet
 
 SERVER=
 stop() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null; SERVER=; }

@@ -161,8 +161,10 @@ pub struct PipelineArgs {
     /// HNSW links per node.
     #[arg(long, env = "NOTELLM_HNSW_M", default_value_t = crate::index::DEFAULT_M)]
     pub hnsw_m: usize,
+    /// HNSW candidate list size while inserting (graph quality vs. insert time).
     #[arg(long, env = "NOTELLM_HNSW_EF_CONSTRUCTION", default_value_t = crate::index::DEFAULT_EF_CONSTRUCTION)]
     pub hnsw_ef_construction: usize,
+    /// HNSW candidate list size while searching, at least k: recall vs. CPU per /related miss.
     #[arg(long, env = "NOTELLM_HNSW_EF_SEARCH", default_value_t = crate::index::DEFAULT_EF_SEARCH)]
     pub hnsw_ef_search: usize,
     /// Rebuild the graph once deleted/replaced vectors pass this share of it.

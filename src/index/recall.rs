@@ -220,7 +220,8 @@ mod tests {
         assert!(r.recall >= 0.95, "recall@10 {}", r.recall);
     }
 
-    /// How much hnsw_rs's filtered search (no early exit) costs over its plain search.
+    /// What hnsw_rs's own searches (plain, and filtered: no early exit) cost per query against
+    /// the mirror's search that `NoteIndex::search` runs (`flat.rs`).
     #[test]
     #[ignore = "measurement"]
     fn filter_overhead() {
