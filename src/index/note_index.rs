@@ -595,6 +595,21 @@ mod tests {
                 prop_assert!(e.is_some(), "{} is not live", h.id);
                 prop_assert!((h.score - q.cosine(e.unwrap())).abs() < 1e-5);
             }
+            // `related` searches with the note's current vector, leaving the note out, and knows
+            // only live notes.
+            for i in 0..24 {
+                let note = id(&format!("p{i}"));
+                let related = index.related(&note, 100);
+                match model.get(&note) {
+                    None => prop_assert!(related.is_none(), "{note} is not live"),
+                    Some(e) => {
+                        let related = related.unwrap();
+                        prop_assert_eq!(related.len(), model.len() - 1);
+                        prop_assert!(related.iter().all(|h| h.id != note));
+                        prop_assert_eq!(&related, &index.search(e, 100, Some(&note)).unwrap());
+                    }
+                }
+            }
         }
     }
 }
