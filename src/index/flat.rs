@@ -169,9 +169,9 @@ impl Flat {
     pub fn grown(&self, cap: usize, blocks: usize) -> Flat {
         let w = self.write();
         let fresh = Flat::new(self.dim, self.m, cap.max(self.cap), blocks.max(self.block_capacity()));
-        let n = self.published();
+        let view = self.view();
+        let n = view.len();
         for id in 0..n {
-            let view = View { flat: self, n };
             for (dst, src) in fresh.vectors[id * self.dim..(id + 1) * self.dim].iter().zip(view.vector(id)) {
                 // SAFETY: `fresh` is not shared yet.
                 unsafe { *dst.get() = *src };
