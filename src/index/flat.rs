@@ -240,7 +240,7 @@ impl Flat {
         let Some((mut cur, top)) = self.entry() else {
             return Vec::new();
         };
-        if view.is_empty() || cur >= view.n || ef == 0 || query.len() != self.dim {
+        if cur >= view.n || ef == 0 || query.len() != self.dim {
             return Vec::new();
         }
         let dist = |id: usize| (1.0 - dot(query, view.vector(id))).max(0.0);
@@ -270,7 +270,8 @@ impl Flat {
             let unkey = |k: u64| (f32::from_bits((k >> 32) as u32), (k & 0xffff_ffff) as usize);
             let mut candidates = BinaryHeap::with_capacity(ef * 2);
             let mut results: BinaryHeap<u64> = BinaryHeap::with_capacity(ef + 1);
-            visited.insert(cur);
+            let Visited { marks, epoch, batch } = &mut *visited;
+            mark(marks, *epoch, cur);
             candidates.push(Reverse(key(cur_d, cur)));
             if accept(cur) {
                 results.push(key(cur_d, cur));
@@ -282,7 +283,6 @@ impl Flat {
                 let (_, c) = unkey(c);
                 // Gather the new neighbours and ask for their vectors first: each is a cache
                 // miss, and issuing them together overlaps their latencies.
-                let Visited { marks, epoch, batch } = &mut *visited;
                 batch.clear();
                 self.for_each_link(c, 0, |n| {
                     if n < view.n && mark(marks, *epoch, n) {
@@ -321,10 +321,6 @@ impl View<'_> {
     /// Ids below this can be read.
     pub fn len(&self) -> usize {
         self.n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
     }
 
     /// The vector of `id`; every component 0 for an id hnsw_rs never held (a gap).
@@ -458,12 +454,6 @@ impl Visited {
             self.marks.fill(0);
             self.epoch = 1;
         }
-    }
-
-    /// Marks `id`; false if it already was.
-    #[inline]
-    fn insert(&mut self, id: usize) -> bool {
-        mark(&mut self.marks, self.epoch, id)
     }
 }
 

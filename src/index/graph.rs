@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::note::NoteId;
 
 use super::dist::{dot, UnitDot};
+use super::flat::Flat;
 use super::ids::IdMap;
 use super::mirror::{layer_counts, Mirror};
 use super::{Hit, IndexConfig};
@@ -100,7 +101,7 @@ impl Graph {
     /// Top-`k` live notes by cosine to `query`, `exclude` left out, best first.
     pub fn search(&self, query: &[f32], k: usize, ef_search: usize, exclude: Option<&NoteId>) -> Vec<Hit> {
         let excluded = exclude.and_then(|n| self.ids().get(n));
-        self.search_internal(query, k, ef_search, excluded)
+        self.search_internal(&self.mirror.flat(), query, k, ef_search, excluded)
     }
 
     /// Top-`k` live notes related to the live note `note` (its own vector as the query, itself
@@ -110,14 +111,21 @@ impl Graph {
         let flat = self.mirror.flat();
         let view = flat.view();
         // A committed point is always published (the mirror is updated before the commit).
-        let query = (internal < view.len()).then(|| view.vector(internal).to_vec())?;
-        Some(self.search_internal(&query, k, ef_search, Some(internal)))
+        let query = (internal < view.len()).then(|| view.vector(internal))?;
+        Some(self.search_internal(&flat, query, k, ef_search, Some(internal)))
     }
 
     /// The beam search on the mirror (`flat.rs`), every live point but `excluded` accepted.
     /// When the beam holds fewer than `min(k, live notes)` of them (tombstones cutting a
     /// neighbourhood off, or writes racing the search), an exact scan answers instead.
-    fn search_internal(&self, query: &[f32], k: usize, ef_search: usize, excluded: Option<usize>) -> Vec<Hit> {
+    fn search_internal(
+        &self,
+        flat: &Flat,
+        query: &[f32],
+        k: usize,
+        ef_search: usize,
+        excluded: Option<usize>,
+    ) -> Vec<Hit> {
         let (live, n_live) = {
             let ids = self.ids();
             (ids.live_bits(), ids.len())
@@ -127,7 +135,7 @@ impl Graph {
         if wanted == 0 {
             return Vec::new();
         }
-        let found = self.mirror.flat().search(query, ef_search.max(wanted), |id| Some(id) != excluded && live.get(id));
+        let found = flat.search(query, ef_search.max(wanted), |id| Some(id) != excluded && live.get(id));
         let hits = self.to_hits(&found, wanted);
         if hits.len() >= wanted {
             return hits;
