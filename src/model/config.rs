@@ -359,6 +359,10 @@ pub struct NoteLlmConfig {
     /// Closed category vocabulary; empty means free-form categories.
     #[serde(default)]
     pub categories: Vec<String>,
+    /// Closed hashtag vocabulary: when non-empty, generated hashtags are decoded through a token
+    /// trie of these (none invented, none copied from the title); empty means free-form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hashtags: Vec<String>,
     pub max_title_tokens: usize,
     pub max_content_tokens: usize,
     /// Limit on the hashtags ("topic") field inside the category prompt.
@@ -403,6 +407,15 @@ impl NoteLlmConfig {
         }
         if self.max_new_tokens == 0 {
             return e("max_new_tokens", "must be > 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.hashtags {
+            if t.trim().is_empty() || t.trim() != t || t.contains(crate::prompt::HASHTAG_SEPARATOR.trim()) {
+                return e("hashtags", format!("{t:?} is empty, has surrounding whitespace or holds the separator"));
+            }
+            if !seen.insert(t) {
+                return e("hashtags", format!("{t:?} is listed twice"));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.categories {

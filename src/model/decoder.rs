@@ -464,8 +464,14 @@ impl Decoder {
     /// frozen lower layers hand to the trained upper ones. `layer == 0` gives the token
     /// embeddings.
     pub fn hidden_before(&self, batch: &PaddedBatch, layer: usize) -> Result<Tensor> {
+        self.hidden_before_cached(batch, &mut KvCache::new(), layer)
+    }
+
+    /// [`Decoder::hidden_before`] after whatever `cache` holds (a shared prefix, say); the cache
+    /// is extended with this batch's keys and values in layers `..layer`.
+    pub fn hidden_before_cached(&self, batch: &PaddedBatch, cache: &mut KvCache, layer: usize) -> Result<Tensor> {
         let x = self.embed_ids(batch)?;
-        self.run_span(x, batch, &mut KvCache::new(), 0..layer.min(self.cfg.num_layers), None, false)
+        self.run_span(x, batch, cache, 0..layer.min(self.cfg.num_layers), None, false)
     }
 
     /// Runs layers `layer..` and the final norm over `x`, the hidden states entering `layer`

@@ -6,6 +6,13 @@
 //! When the checkpoint lists its categories, category decoding is constrained by a token trie of
 //! `" <category>[EOS]"` sequences: at every step only tokens that continue some category are
 //! allowed, so a category is never invented.
+//!
+//! When it lists a hashtag vocabulary (`hashtags` in `notellm.json`), hashtag decoding is
+//! constrained the same way ([`HashtagDecoder`]): a trie of `" <hashtag>"` token sequences,
+//! where a completed hashtag may be followed by the separator `,` (and the next hashtag from the
+//! trie's root) or by `[EOS]`. A hashtag is never repeated, and none outside the vocabulary can be
+//! produced. Hashtags whose tokens change when the separator follows them (the byte-level
+//! pre-tokeniser would merge a trailing punctuation run with `,`) are left out of the trie.
 
 use std::collections::HashMap;
 
@@ -86,7 +93,147 @@ impl TokenTrie {
     }
 }
 
+/// A closed-vocabulary hashtag decoder: the trie of the vocabulary's `" <hashtag>"` tokens and
+/// the separator and end tokens.
+#[derive(Debug, Clone)]
+pub struct HashtagDecoder {
+    trie: TokenTrie,
+    /// Tokens of `","` (one token for byte-level BPE tokenizers).
+    sep: Vec<u32>,
+    eos: u32,
+    /// Vocabulary entries in the trie (indices are the trie's values).
+    tags: Vec<String>,
+}
+
+/// Where a closed hashtag decoding stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TagState {
+    /// Inside a hashtag, at this trie node.
+    Tag(usize),
+    /// After `k` tokens of the separator.
+    Sep(usize),
+}
+
+impl HashtagDecoder {
+    /// Builds the trie from `vocab` with `encode`, leaving out hashtags that do not tokenise
+    /// apart from a following separator.
+    pub fn new(vocab: &[String], eos: u32, mut encode: impl FnMut(&str) -> Result<Vec<u32>>) -> Result<Option<Self>> {
+        let sep = encode(",")?;
+        if vocab.is_empty() || sep.is_empty() {
+            return Ok(None);
+        }
+        let mut trie = TokenTrie::new();
+        let mut tags = Vec::new();
+        for tag in vocab {
+            let ids = encode(&format!(" {tag}"))?;
+            let with_sep = encode(&format!(" {tag},"))?;
+            if ids.is_empty() || with_sep.len() != ids.len() + sep.len() || !with_sep.starts_with(&ids) {
+                tracing::debug!(tag = %tag, "hashtag left out of the closed vocabulary (does not tokenise apart)");
+                continue;
+            }
+            trie.insert(&ids, tags.len());
+            tags.push(tag.clone());
+        }
+        Ok((!tags.is_empty()).then_some(Self { trie, sep, eos, tags }))
+    }
+
+    /// Entries in the trie.
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
+    }
+
+    /// Tokens allowed next, given the hashtags completed so far (`done`) and how many are wanted.
+    fn allowed(&self, state: TagState, done: &[usize], max: usize) -> Vec<u32> {
+        match state {
+            TagState::Sep(k) => vec![self.sep[k]],
+            TagState::Tag(node) => {
+                let mut out: Vec<u32> = self.trie.allowed(node).collect();
+                // A completed hashtag not emitted before may end here.
+                if self.trie.value(node).is_some_and(|v| !done.contains(&v)) {
+                    out.push(self.eos);
+                    if done.len() + 1 < max {
+                        out.push(self.sep[0]);
+                    }
+                }
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    /// Decodes up to `max` hashtags, asking `next` for the logits after each chosen token
+    /// (`None` for the first call's already-computed logits).
+    fn decode(
+        &self,
+        max: usize,
+        max_new: usize,
+        first: Vec<f32>,
+        mut pick: impl FnMut(&mut Vec<f32>, &[u32]) -> u32,
+        mut next: impl FnMut(u32) -> Result<Vec<f32>>,
+    ) -> Result<Vec<String>> {
+        let mut logits = first;
+        let mut state = TagState::Tag(0);
+        let mut done: Vec<usize> = Vec::new();
+        let mut emitted: Vec<u32> = Vec::new();
+        for _ in 0..max_new {
+            let allowed = self.allowed(state, &done, max);
+            if allowed.is_empty() {
+                break;
+            }
+            restrict(&mut logits, &allowed);
+            let tok = pick(&mut logits, &emitted);
+            let finished = match state {
+                TagState::Tag(node)
+                    if tok == self.eos || (tok == self.sep[0] && self.trie.step(node, tok).is_none()) =>
+                {
+                    if let Some(v) = self.trie.value(node) {
+                        done.push(v);
+                    }
+                    if tok == self.eos {
+                        break;
+                    }
+                    state = if self.sep.len() > 1 { TagState::Sep(1) } else { TagState::Tag(0) };
+                    false
+                }
+                TagState::Tag(node) => match self.trie.step(node, tok) {
+                    Some(n) => {
+                        state = TagState::Tag(n);
+                        false
+                    }
+                    None => true,
+                },
+                TagState::Sep(k) => {
+                    state = if k + 1 < self.sep.len() { TagState::Sep(k + 1) } else { TagState::Tag(0) };
+                    false
+                }
+            };
+            if finished || done.len() >= max {
+                break;
+            }
+            emitted.push(tok);
+            logits = next(tok)?;
+        }
+        // A hashtag complete when the token budget ran out counts too.
+        if let TagState::Tag(node) = state {
+            if let Some(v) = self.trie.value(node).filter(|v| !done.contains(v) && done.len() < max) {
+                done.push(v);
+            }
+        }
+        Ok(done.into_iter().map(|v| self.tags[v].clone()).collect())
+    }
+}
+
 impl NoteLlm {
+    /// The closed hashtag decoder, when the checkpoint lists a hashtag vocabulary.
+    pub fn hashtag_decoder(&self) -> Result<Option<HashtagDecoder>> {
+        HashtagDecoder::new(&self.cfg.hashtags, self.tokenizer.eos_id, |t| self.tokenizer.encode(t))
+    }
+
     /// The category trie: `" <category>" + [EOS]` for each category of the checkpoint.
     pub fn category_trie(&self) -> Result<Option<TokenTrie>> {
         if self.cfg.categories.is_empty() {
@@ -115,8 +262,13 @@ impl NoteLlm {
                 self.tokenizer.specials(),
                 &self.tokenizer,
             );
-            let (text, _) = self.generate(&p.for_generation(), opts, None)?;
-            prompt::parse_hashtags(&text, max_hashtags)
+            match self.hashtag_decoder()? {
+                Some(dec) => self.generate_hashtags(&p.for_generation(), &dec, max_hashtags, opts)?,
+                None => {
+                    let (text, _) = self.generate(&p.for_generation(), opts, None)?;
+                    prompt::parse_hashtags(&text, max_hashtags)
+                }
+            }
         };
         let p = prompt::render(&input, Variant::Category, self.limits(), self.tokenizer.specials(), &self.tokenizer);
         let trie = self.category_trie()?;
@@ -170,6 +322,35 @@ impl NoteLlm {
             logits = self.next_logits(&[vec![tok]], &mut cache)?;
         }
         Ok((self.tokenizer.decode(&out)?, None))
+    }
+
+    /// Up to `max` hashtags from the closed vocabulary of `dec` for `prompt_text`.
+    pub fn generate_hashtags(
+        &self,
+        prompt_text: &str,
+        dec: &HashtagDecoder,
+        max: usize,
+        opts: &GenerateOptions,
+    ) -> Result<Vec<String>> {
+        let ids = self.tokenizer.encode(prompt_text)?;
+        if ids.is_empty() {
+            return Err(ModelError::Input("empty prompt".into()));
+        }
+        let max_new = opts.max_new_tokens.unwrap_or(self.cfg.max_new_tokens);
+        let mut rng = StdRng::seed_from_u64(opts.seed);
+        let mut cache = KvCache::new();
+        let first = self.next_logits(&[ids], &mut cache)?;
+        let cache = std::cell::RefCell::new(cache);
+        dec.decode(
+            max,
+            max_new,
+            first,
+            |logits, seen| {
+                penalise(logits, seen, opts.repetition_penalty);
+                choose(logits, opts, &mut rng)
+            },
+            |tok| self.next_logits(&[vec![tok]], &mut cache.borrow_mut()),
+        )
     }
 
     /// Runs one chunk (batch 1) and returns the last position's logits.
@@ -271,6 +452,124 @@ mod tests {
         assert_eq!(t.value(leaf), Some(1));
         assert_eq!(t.value(t.step(n, 2).unwrap()), Some(2));
         assert_eq!(t.step(n, 9), None);
+    }
+
+    /// A decoder over a made-up tokenizer: each letter is a token (`a` = 1, ...), a leading
+    /// space is token 30, `,` is 40, `[EOS]` 2.
+    fn letters(vocab: &[&str]) -> HashtagDecoder {
+        let encode = |t: &str| -> Result<Vec<u32>> {
+            Ok(t.chars()
+                .map(|c| {
+                    if c == ' ' {
+                        30
+                    } else if c == ',' {
+                        40
+                    } else {
+                        c as u32 - 'a' as u32 + 3
+                    }
+                })
+                .collect())
+        };
+        let vocab: Vec<String> = vocab.iter().map(|s| s.to_string()).collect();
+        HashtagDecoder::new(&vocab, 2, encode).unwrap().unwrap()
+    }
+
+    /// Decodes with logits from `score(step, token)`, greedily.
+    fn run(dec: &HashtagDecoder, max: usize, score: impl Fn(usize, u32) -> f32) -> Vec<String> {
+        let logits = |step: usize| (0..50u32).map(|t| score(step, t)).collect::<Vec<f32>>();
+        let step = std::cell::Cell::new(0);
+        dec.decode(
+            max,
+            64,
+            logits(0),
+            |l, _| argmax(l),
+            |_| {
+                step.set(step.get() + 1);
+                Ok(logits(step.get()))
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn closed_hashtags_follow_the_vocabulary() {
+        let dec = letters(&["ab", "abc", "b"]);
+        assert_eq!(dec.len(), 3);
+        // The model wants ' a b c , ...' then EOS: "abc" is produced, then the separator and "b".
+        let want = [30, 3, 4, 5, 40, 30, 4, 2];
+        let got = run(&dec, 3, |step, t| if want.get(step) == Some(&t) { 10.0 } else { 0.0 });
+        assert_eq!(got, vec!["abc", "b"]);
+        // A model that prefers a letter outside the vocabulary still gets a vocabulary item.
+        let got = run(&dec, 1, |_, t| if t == 20 { 10.0 } else { t as f32 * 0.01 });
+        assert_eq!(got.len(), 1);
+        assert!(["ab", "abc", "b"].contains(&got[0].as_str()));
+    }
+
+    #[test]
+    fn closed_hashtags_never_repeat_and_stop_at_max() {
+        let dec = letters(&["ab", "b"]);
+        // A model that would say "b, b, b, ..." forever.
+        let got = run(&dec, 3, |step, t| match (step % 3, t) {
+            (0, 30) | (1, 4) | (2, 40) => 10.0,
+            _ => 0.0,
+        });
+        assert_eq!(got.iter().filter(|t| *t == "b").count(), 1, "{got:?}");
+        assert!(got.len() <= 2);
+        let got = run(&dec, 1, |_, t| if t == 40 { 10.0 } else { 1.0 });
+        assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn hashtags_that_merge_with_the_separator_are_left_out() {
+        // "c+" ends in a character this encoder merges with ',' into one token (99).
+        let encode = |t: &str| -> Result<Vec<u32>> {
+            let t = t.replace("+,", "\u{1}");
+            Ok(t.chars()
+                .map(|c| match c {
+                    ' ' => 30,
+                    ',' => 40,
+                    '+' => 41,
+                    '\u{1}' => 99,
+                    c => c as u32 - 'a' as u32 + 3,
+                })
+                .collect())
+        };
+        let vocab = vec!["c+".to_string(), "d".to_string()];
+        let dec = HashtagDecoder::new(&vocab, 2, encode).unwrap().unwrap();
+        assert_eq!(dec.tags, vec!["d".to_string()]);
+        assert!(HashtagDecoder::new(&[], 2, encode).unwrap().is_none());
+    }
+
+    mod closed_vocabulary {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the model prefers, the decoder emits only vocabulary items, never one
+            /// twice, and at most as many as asked for.
+            #[test]
+            fn emits_only_distinct_vocabulary_items(
+                vocab in proptest::collection::btree_set("[a-e]{1,4}", 1..12),
+                prefs in proptest::collection::vec(proptest::collection::vec(-5.0f32..5.0, 50), 1..64),
+                max in 1usize..5,
+            ) {
+                let vocab: Vec<&str> = vocab.iter().map(String::as_str).collect();
+                let dec = letters(&vocab);
+                let step = std::cell::Cell::new(0usize);
+                let got = dec
+                    .decode(max, 64, prefs[0].clone(), |l, _| argmax(l), |_| {
+                        step.set(step.get() + 1);
+                        Ok(prefs[step.get() % prefs.len()].clone())
+                    })
+                    .unwrap();
+                prop_assert!(got.len() <= max);
+                let mut seen = std::collections::HashSet::new();
+                for t in &got {
+                    prop_assert!(vocab.contains(&t.as_str()), "{} is not in {:?}", t, vocab);
+                    prop_assert!(seen.insert(t.clone()), "{} twice in {:?}", t, got);
+                }
+            }
+        }
     }
 
     #[test]

@@ -217,6 +217,7 @@ pub fn init_model(corpus: &Path, out: &Path, opts: &InitOptions) -> Result<()> {
         embedding_head: true,
         hashtag_count: 3,
         categories: corpus.categories.into_iter().collect(),
+        hashtags: Vec::new(),
         max_title_tokens: 20,
         max_content_tokens: 80,
         max_topic_tokens: 30,

@@ -4,6 +4,7 @@
 pub mod mining;
 
 pub mod examples;
+pub mod frozen;
 pub mod lm;
 pub mod loss;
 pub mod model;

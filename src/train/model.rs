@@ -3,8 +3,17 @@
 //!
 //! With `train_layers < num_layers` (the parameter-efficient mode), the frozen layers' output
 //! for a sequence never changes, so it is computed once (fast, non-differentiable ops) and kept
-//! in memory; every later visit runs only the trained layers. With `train_layers ==
-//! num_layers` (full fine-tuning) the token embeddings train too and nothing is cached.
+//! ([`super::frozen`]: f16, in memory and optionally on disk); every later visit runs only the
+//! trained layers. With `train_layers == num_layers` (full fine-tuning) the token embeddings
+//! train too and nothing is cached.
+//!
+//! The frozen pass ([`TrainableModel::precompute`]) sorts the sequences it is given by length
+//! and runs them in batches of [`FROZEN_BATCH`], the batch's shared token prefix (the
+//! instruction) once and expanded over the batch, as the inference path does. The batches are
+//! cut from the sorted list of everything asked for in one call that is not in memory yet (at a
+//! run's start: all of its sequences), whether or not the disk cache holds it, so the bits a
+//! note gets depend on the run's notes only: a run killed during the pass and resumed computes
+//! what the uninterrupted one would.
 //!
 //! [`TrainableModel::forward`] serves the NoteLLM recipe (embeddings and the generation logits);
 //! [`TrainableModel::lm_forward`] the causal-LM objective (logits at every position).
@@ -18,6 +27,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::examples::Example;
+use super::frozen::{self, DiskCache, FrozenCache, FrozenStats};
 use crate::model::checkpoint::write_checkpoint;
 use crate::model::config::EMB_HEAD_TENSOR;
 use crate::model::{
@@ -27,6 +37,15 @@ use crate::note::Embedding;
 
 /// Name of the temperature variable in saved training state.
 pub const TAU: &str = "notellm.tau";
+
+/// Sequences per batch of the frozen pass (length-sorted, so padding stays small).
+pub const FROZEN_BATCH: usize = 8;
+
+/// Examples per group of the trained layers' pass (see [`TrainableModel::forward`]).
+pub const TRAIN_GROUP: usize = 8;
+
+/// A shared prefix shorter than this is not worth a separate pass.
+const MIN_SHARED_PREFIX: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelOptions {
@@ -64,9 +83,8 @@ pub struct TrainableModel {
     files: CheckpointFiles,
     tokenizer: NoteTokenizer,
     from: usize,
-    cache: HashMap<Vec<u32>, Tensor>,
+    frozen: FrozenCache,
     cache_on: bool,
-    cache_bytes: usize,
     device: Device,
 }
 
@@ -129,9 +147,8 @@ impl TrainableModel {
             files,
             tokenizer,
             from,
-            cache: HashMap::new(),
+            frozen: FrozenCache::default(),
             cache_on: opts.cache_frozen && from > 0,
-            cache_bytes: 0,
             device: device.clone(),
         })
     }
@@ -163,7 +180,153 @@ impl TrainableModel {
 
     /// Bytes held by the frozen-layer cache.
     pub fn cache_bytes(&self) -> usize {
-        self.cache_bytes
+        self.frozen.bytes()
+    }
+
+    /// What the frozen pass has done so far.
+    pub fn frozen_stats(&self) -> &FrozenStats {
+        &self.frozen.stats
+    }
+
+    /// Keeps the frozen states on disk too, under `root/<fingerprint>/` (see [`super::frozen`]);
+    /// returns the directory. Nothing to do (`None`) when no layer is frozen or caching is off.
+    pub fn set_disk_cache(&mut self, root: &Path) -> Result<Option<std::path::PathBuf>> {
+        if !self.cache_on {
+            return Ok(None);
+        }
+        let fp = self.frozen_fingerprint()?;
+        let disk = DiskCache::open(root, &fp, self.decoder.config().hidden_size)
+            .map_err(|source| ModelError::Io { path: root.join(&fp), source })?;
+        let dir = disk.dir().to_owned();
+        tracing::info!(dir = %dir.display(), "frozen-state disk cache");
+        self.frozen.set_disk(disk);
+        Ok(Some(dir))
+    }
+
+    /// Hash of what the frozen states depend on: the token embeddings, the frozen layers'
+    /// tensors, the decoder configuration and the depth.
+    fn frozen_fingerprint(&self) -> Result<String> {
+        let frozen_layer = |name: &str| {
+            name.strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i < self.from)
+        };
+        let mut names: Vec<&String> =
+            self.base.keys().filter(|n| n.starts_with("model.embed_tokens.") || frozen_layer(n)).collect();
+        names.sort();
+        let mut parts = Vec::with_capacity(names.len());
+        for n in names {
+            let t = &self.base[n];
+            parts.push((n.as_str(), t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+        }
+        let cfg = format!("{:?}", self.decoder.config());
+        Ok(frozen::fingerprint(parts.iter().map(|(n, d, v)| (*n, d.as_slice(), v.as_slice())), &cfg, self.from))
+    }
+
+    /// Runs the frozen layers over every sequence of `seqs` not held yet (reading the disk
+    /// cache first), in length-sorted batches; afterwards every one of them is held.
+    pub fn precompute(&mut self, seqs: &[Vec<u32>]) -> Result<()> {
+        if self.from == 0 {
+            return Ok(());
+        }
+        let mut plan: Vec<&Vec<u32>> = seqs.iter().filter(|s| !self.frozen.contains(s)).collect();
+        plan.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        plan.dedup();
+        let total = plan.len();
+        if total == 0 {
+            return Ok(());
+        }
+        let pb = crate::progress::bar("frozen pass", total as u64);
+        let mut done = 0usize;
+        for chunk in plan.chunks(FROZEN_BATCH) {
+            let on_disk: Vec<Option<frozen::States>> =
+                chunk.iter().map(|s| self.frozen.disk().and_then(|d| d.read(s))).collect();
+            let states = if on_disk.iter().all(Option::is_some) {
+                self.frozen.stats.from_disk += chunk.len();
+                on_disk.into_iter().flatten().collect()
+            } else {
+                let started = std::time::Instant::now();
+                let slices: Vec<&[u32]> = chunk.iter().map(|s| s.as_slice()).collect();
+                let fresh = self.frozen_batch(&slices)?;
+                self.frozen.stats.seconds += started.elapsed().as_secs_f64();
+                let mut out = Vec::with_capacity(chunk.len());
+                for ((s, fresh), disk) in chunk.iter().zip(fresh).zip(on_disk) {
+                    match disk {
+                        Some(d) => {
+                            self.frozen.stats.from_disk += 1;
+                            out.push(d);
+                        }
+                        None => {
+                            self.frozen.stats.computed += 1;
+                            self.frozen.stats.tokens += s.len();
+                            if let Some(d) = self.frozen.disk() {
+                                if let Err(e) = d.write(s, &fresh) {
+                                    tracing::warn!(error = %e, "could not write a frozen-state cache entry");
+                                }
+                            }
+                            out.push(fresh);
+                        }
+                    }
+                }
+                out
+            };
+            for (s, st) in chunk.iter().zip(states) {
+                self.frozen.insert((*s).clone(), st);
+            }
+            done += chunk.len();
+            pb.set_position(done as u64);
+            if pb.is_hidden() && (done / FROZEN_BATCH) % 100 == 0 {
+                let st = &self.frozen.stats;
+                tracing::info!(
+                    done,
+                    of = total,
+                    computed = st.computed,
+                    from_disk = st.from_disk,
+                    notes_per_s = st.per_second(),
+                    cached_mb = self.frozen.bytes() >> 20,
+                    "frozen pass"
+                );
+            }
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+
+    /// The frozen layers' output (f16, `[len, hidden]` each) for one batch of sequences: the
+    /// shared prefix once, then the rest as one right-padded batch after it.
+    fn frozen_batch(&self, seqs: &[&[u32]]) -> Result<Vec<frozen::States>> {
+        let h = self.decoder.config().hidden_size;
+        let pad = self.tokenizer.pad_id;
+        let min_len = seqs.iter().map(|s| s.len()).min().unwrap_or(0);
+        if min_len == 0 {
+            return Err(ModelError::Input("an empty training sequence".into()));
+        }
+        let shared = frozen::common_prefix(seqs).min(min_len - 1);
+        let (shared, prefix, mut cache) = if shared >= MIN_SHARED_PREFIX {
+            let b = PaddedBatch::new(&[seqs[0][..shared].to_vec()], Padding::Right, pad, &self.device)?;
+            let mut cache = KvCache::new();
+            let states = self.decoder.hidden_before_cached(&b, &mut cache, self.from)?;
+            let states = states.i(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            (shared, states, cache.expand(seqs.len())?)
+        } else {
+            (0, Vec::new(), KvCache::new())
+        };
+        let rest: Vec<Vec<u32>> = seqs.iter().map(|s| s[shared..].to_vec()).collect();
+        let batch = PaddedBatch::new(&rest, Padding::Right, pad, &self.device)?;
+        let t = batch.seq_len();
+        let states = self.decoder.hidden_before_cached(&batch, &mut cache, self.from)?;
+        let states = states.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut row = Vec::with_capacity(s.len() * h);
+                row.extend_from_slice(&prefix);
+                row.extend_from_slice(&states[i * t * h..(i * t + s.len() - shared) * h]);
+                frozen::to_f16(&row)
+            })
+            .collect())
     }
 
     /// Final hidden states `[b, t, hidden]` of right-padded `seqs`.
@@ -173,57 +336,63 @@ impl TrainableModel {
         if self.from == 0 {
             return self.decoder.forward(&batch, &mut KvCache::new());
         }
-        let mut fresh: HashMap<Vec<u32>, Tensor> = HashMap::new();
-        let missing: Vec<Vec<u32>> = {
-            let mut seen = std::collections::HashSet::new();
-            seqs.iter().filter(|s| !self.cache.contains_key(*s) && seen.insert(s.to_vec())).cloned().collect()
-        };
-        // One sequence at a time: batched, the padded length changes the matmuls' blocking and
-        // so the last bits of the result, which would make a note's cached states depend on
-        // which notes it first met (and a resumed run differ from an uninterrupted one).
-        for s in &missing {
-            let b = PaddedBatch::new(std::slice::from_ref(s), Padding::Right, pad, &self.device)?;
-            fresh.insert(s.clone(), self.decoder.hidden_before(&b, self.from)?.i(0)?);
-        }
+        // Sequences met for the first time (validation, or a caller that did not precompute) go
+        // through the same batched pass; without caching they are dropped again afterwards.
+        self.precompute(seqs)?;
         let t = batch.seq_len();
         let h = self.decoder.config().hidden_size;
-        let mut rows = Vec::with_capacity(seqs.len());
-        for s in seqs {
-            let states = match self.cache.get(s).or_else(|| fresh.get(s)) {
-                Some(x) => x.clone(),
-                None => return Err(ModelError::Input("frozen states missing for a sequence".into())),
-            };
-            let padded = if s.len() < t {
-                Tensor::cat(&[&states, &Tensor::zeros((t - s.len(), h), DType::F32, &self.device)?], 0)?
-            } else {
-                states
-            };
-            rows.push(padded);
-        }
-        if self.cache_on {
-            for (k, v) in fresh {
-                self.cache_bytes += v.elem_count() * 4;
-                self.cache.insert(k, v);
+        let mut x = vec![0f32; seqs.len() * t * h];
+        for (i, s) in seqs.iter().enumerate() {
+            let states =
+                self.frozen.get(s).ok_or_else(|| ModelError::Input("frozen states missing for a sequence".into()))?;
+            for (dst, src) in x[i * t * h..].iter_mut().zip(states.iter()) {
+                *dst = src.to_f32();
             }
         }
-        let x = Tensor::stack(&rows, 0)?;
+        if !self.cache_on {
+            self.frozen.clear_memory();
+        }
+        let x = Tensor::from_vec(x, (seqs.len(), t, h), &self.device)?;
         self.decoder.forward_from(&x, &batch, self.from)
     }
 
     /// Embeddings (and, with `logits`, the generation logits and targets) of `examples`.
+    ///
+    /// The trained layers run over length-sorted groups of [`TRAIN_GROUP`] examples, each
+    /// padded to its own longest, instead of one batch padded to the longest of all: a
+    /// contrastive batch mixes lengths, and the padding would otherwise cost about a third of
+    /// the step. The rows come back in input order.
     pub fn forward(&mut self, examples: &[&Example], logits: bool) -> Result<Forward> {
-        let seqs: Vec<Vec<u32>> = examples.iter().map(|e| e.ids.clone()).collect();
-        let hidden = self.hidden(&seqs)?;
-        let pos: Vec<usize> = examples.iter().map(|e| e.emb_pos).collect();
-        let states = Decoder::gather(&hidden, &pos)?;
+        let n = examples.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (examples[i].ids.len(), i));
+        let mut states = Vec::new();
+        let (mut gen_logits, mut gen_targets) = (Vec::new(), Vec::new());
+        for group in order.chunks(TRAIN_GROUP) {
+            let seqs: Vec<Vec<u32>> = group.iter().map(|&i| examples[i].ids.clone()).collect();
+            let hidden = self.hidden(&seqs)?;
+            let pos: Vec<usize> = group.iter().map(|&i| examples[i].emb_pos).collect();
+            states.push(Decoder::gather(&hidden, &pos)?);
+            if logits {
+                let labelled = group.iter().map(|&i| (examples[i].ids.as_slice(), examples[i].labels_from));
+                if let Some((l, t)) = self.next_token_logits(&hidden, labelled)? {
+                    gen_logits.push(l);
+                    gen_targets.push(t);
+                }
+            }
+        }
+        let mut inverse = vec![0u32; n];
+        for (k, &i) in order.iter().enumerate() {
+            inverse[i] = k as u32;
+        }
+        let states = Tensor::cat(&states, 0)?.index_select(&Tensor::from_vec(inverse, n, &self.device)?, 0)?;
         let projected = states.matmul(&self.head.as_tensor().t()?)?;
         let norm = projected.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
         let embeddings = projected.broadcast_div(&norm)?;
-        let generation = if logits {
-            let labelled = examples.iter().map(|e| (e.ids.as_slice(), e.labels_from));
-            self.next_token_logits(&hidden, labelled)?
-        } else {
+        let generation = if gen_logits.is_empty() {
             None
+        } else {
+            Some((Tensor::cat(&gen_logits, 0)?, Tensor::cat(&gen_targets, 0)?))
         };
         Ok(Forward { embeddings, generation })
     }

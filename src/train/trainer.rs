@@ -90,6 +90,11 @@ pub struct TrainOptions {
     /// Use at most this many training pairs (in lm mode, notes; a seeded sample), e.g. to fit
     /// a CPU budget.
     pub max_pairs: Option<usize>,
+    /// NoteLLM mode: train only on the pairs among this many training notes, chosen so that the
+    /// pairs among them are dense ([`dense_notes`]); each note's frozen pass then serves many
+    /// pairs. Applied before `max_pairs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_notes: Option<usize>,
     pub lr: f64,
     pub warmup_share: f64,
     pub weight_decay: f64,
@@ -107,6 +112,10 @@ pub struct TrainOptions {
     pub recall_k: Vec<usize>,
     pub save_every: u64,
     pub model_version: String,
+    /// Leave the checkpoint's hashtag vocabulary empty (free-form hashtag generation) instead of
+    /// listing the training split's hashtags (closed-vocabulary decoding).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_hashtags: bool,
 }
 
 impl Default for TrainOptions {
@@ -119,6 +128,7 @@ impl Default for TrainOptions {
             accumulation: 1,
             epochs: 1.0,
             max_pairs: None,
+            max_notes: None,
             lr: 5e-5,
             warmup_share: 0.1,
             weight_decay: 0.001,
@@ -134,6 +144,7 @@ impl Default for TrainOptions {
             recall_k: vec![10, 100],
             save_every: 50,
             model_version: "notellm".into(),
+            open_hashtags: false,
         }
     }
 }
@@ -168,6 +179,28 @@ struct State {
     options: TrainOptions,
     history: Vec<Validation>,
     losses: Vec<(u64, f64)>,
+    /// One entry per invocation (a resumed run adds one).
+    #[serde(default)]
+    runs: Vec<RunStats>,
+}
+
+/// Where one invocation's time went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunStats {
+    /// Steps this invocation ran (`first_step..first_step + steps`).
+    pub first_step: u64,
+    pub steps: u64,
+    /// Wall seconds of the whole invocation (frozen pass, steps, validation, saving).
+    pub seconds: f64,
+    /// Wall seconds inside optimizer steps (forward, backward, update; the frozen pass is done
+    /// before the first one).
+    pub step_seconds: f64,
+    /// Related pairs (NoteLLM) or notes (lm) trained per second of `step_seconds`.
+    pub trained_per_second: f64,
+    /// The frozen layers' pass over the training and validation sequences.
+    pub frozen: super::frozen::FrozenStats,
+    /// `frozen.computed / frozen.seconds`.
+    pub frozen_per_second: f64,
 }
 
 /// What a finished run reports.
@@ -178,7 +211,10 @@ pub struct Summary {
     pub history: Vec<Validation>,
     pub losses: Vec<(u64, f64)>,
     pub seconds: f64,
+    /// Notes through the trained layers per second of optimizer steps.
     pub notes_per_second: f64,
+    /// This invocation's time split (also appended to `train.json`'s `runs`).
+    pub run: RunStats,
 }
 
 /// The generator of `epoch`'s shuffle.
@@ -301,7 +337,7 @@ impl Trainer {
             content: model.base_config().max_content_tokens,
             topic: model.base_config().max_topic_tokens,
         };
-        let state = State { step: 0, options: opts.clone(), history: Vec::new(), losses: Vec::new() };
+        let state = State { step: 0, options: opts.clone(), history: Vec::new(), losses: Vec::new(), runs: Vec::new() };
         let mut t = Self {
             model,
             opt,
@@ -338,6 +374,46 @@ impl Trainer {
 
     pub fn options(&self) -> &TrainOptions {
         &self.opts
+    }
+
+    /// Keeps the frozen layers' output on disk under `root` as well (reused by later runs on
+    /// the same base and depth, and by `--resume`).
+    pub fn set_frozen_cache(&mut self, root: &Path) -> Result<Option<PathBuf>> {
+        Ok(self.model.set_disk_cache(root)?)
+    }
+
+    /// Runs the frozen layers over every training and validation sequence this run will use
+    /// (NoteLLM mode with frozen layers; otherwise nothing to do).
+    pub fn precompute_frozen(&mut self) -> Result<()> {
+        if self.opts.objective != Objective::NoteLlm || self.model.first_trained_layer() == 0 || !self.opts.cache_frozen
+        {
+            return Ok(());
+        }
+        let mut notes: Vec<usize> = self.pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        notes.sort_unstable();
+        notes.dedup();
+        let mut seqs = Vec::with_capacity(notes.len());
+        for n in notes {
+            if let Some(e) = self.example(n)? {
+                seqs.push(e.ids);
+            }
+        }
+        if let Some(ValSet::Recall { examples, .. }) = &self.val {
+            seqs.extend(examples.iter().map(|e| e.ids.clone()));
+        }
+        let started = Instant::now();
+        self.model.precompute(&seqs)?;
+        let st = self.model.frozen_stats();
+        tracing::info!(
+            sequences = seqs.len(),
+            computed = st.computed,
+            from_disk = st.from_disk,
+            notes_per_s = st.per_second(),
+            seconds = started.elapsed().as_secs_f64(),
+            cached_mb = self.model.cache_bytes() >> 20,
+            "frozen pass done"
+        );
+        Ok(())
     }
 
     pub fn step(&self) -> u64 {
@@ -529,6 +605,13 @@ impl Trainer {
         let warmup = (total as f64 * self.opts.warmup_share).round() as u64;
         let per_epoch = self.batches_per_epoch().max(1);
         let started = Instant::now();
+        let first_step = self.state.step;
+        let frozen_before = self.model.frozen_stats().clone();
+        if self.state.step < total && stop_after != Some(0) {
+            self.precompute_frozen()?;
+        }
+        let mut step_seconds = 0.0f64;
+        let mut trained = 0usize;
         let mut notes = 0usize;
         let pb = crate::progress::bar("training", total);
         pb.set_position(self.state.step);
@@ -542,6 +625,7 @@ impl Trainer {
                 break;
             }
             let step = self.state.step;
+            let step_started = Instant::now();
             let lr = optim::learning_rate(step, warmup, total, self.opts.lr, 0.0);
             let mut acc: Option<GradStore> = None;
             let (mut l_sum, mut cl_sum, mut gen_sum, mut gen_n) = (0.0, 0.0, 0.0, 0usize);
@@ -561,6 +645,10 @@ impl Trainer {
                 let batch = batches[(micro % per_epoch) % batches.len()].clone();
                 let Micro { loss: l, cl, gen, notes: n, grads } = self.micro_step(&batch)?;
                 notes += n;
+                trained += match self.opts.objective {
+                    Objective::NoteLlm => n / 2,
+                    Objective::Lm => n,
+                };
                 l_sum += l;
                 cl_sum += cl.unwrap_or(0.0);
                 if let Some(g) = gen {
@@ -586,6 +674,7 @@ impl Trainer {
             let mut grads = acc.ok_or_else(|| TrainError::Invalid("no micro-batches".into()))?;
             let norm = optim::clip_grad_norm(&mut grads, &vars, self.opts.clip_norm)?;
             self.opt.step(&grads, lr)?;
+            step_seconds += step_started.elapsed().as_secs_f64();
             let k = self.opts.accumulation as f64;
             last_loss = l_sum / k;
             if !last_loss.is_finite() {
@@ -594,7 +683,7 @@ impl Trainer {
             self.state.step += 1;
             done_here += 1;
             self.state.losses.push((self.state.step, last_loss));
-            let rate = notes as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let rate = notes as f64 / step_seconds.max(1e-9);
             let lm_mode = self.opts.objective == Objective::Lm;
             if lm_mode {
                 pb.set_message(format!(
@@ -651,6 +740,22 @@ impl Trainer {
         if self.state.history.last().is_none_or(|v| v.step != self.state.step) {
             self.validate()?;
         }
+        let now = self.model.frozen_stats();
+        let frozen = super::frozen::FrozenStats {
+            computed: now.computed - frozen_before.computed,
+            tokens: now.tokens - frozen_before.tokens,
+            from_disk: now.from_disk - frozen_before.from_disk,
+            seconds: now.seconds - frozen_before.seconds,
+        };
+        self.state.runs.push(RunStats {
+            first_step,
+            steps: self.state.step - first_step,
+            seconds: started.elapsed().as_secs_f64(),
+            step_seconds,
+            trained_per_second: if step_seconds > 0.0 { trained as f64 / step_seconds } else { 0.0 },
+            frozen_per_second: frozen.per_second(),
+            frozen,
+        });
         self.save_state()?;
         self.save_outputs()?;
         let seconds = started.elapsed().as_secs_f64();
@@ -660,7 +765,8 @@ impl Trainer {
             history: self.state.history.clone(),
             losses: self.state.losses.clone(),
             seconds,
-            notes_per_second: notes as f64 / seconds.max(1e-9),
+            notes_per_second: notes as f64 / step_seconds.max(1e-9),
+            run: self.state.runs.last().cloned().unwrap_or_default(),
         })
     }
 
@@ -760,6 +866,8 @@ impl Trainer {
         cfg.embedding_dim = self.opts.embedding_dim;
         cfg.model_version = self.opts.model_version.clone();
         cfg.categories = self.data.categories.clone();
+        cfg.hashtags =
+            if self.opts.open_hashtags { Vec::new() } else { hashtag_vocabulary(&self.data, HASHTAG_MIN_NOTES) };
         cfg
     }
 
@@ -813,6 +921,10 @@ fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usi
         .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
         .filter(|(a, b)| a != b)
         .collect();
+    if let Some(n) = opts.max_notes {
+        let keep = dense_notes(&pairs, n);
+        pairs.retain(|(a, b)| keep.binary_search(a).is_ok() && keep.binary_search(b).is_ok());
+    }
     seeded_sample(&mut pairs, opts.max_pairs, opts.seed);
     if pairs.len() < opts.pairs_per_step {
         return Err(TrainError::Invalid(format!(
@@ -822,6 +934,60 @@ fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usi
         )));
     }
     Ok(pairs)
+}
+
+/// A hashtag enters the closed vocabulary when at least this many training notes carry it.
+pub const HASHTAG_MIN_NOTES: usize = 2;
+
+/// The hashtags (trimmed, sorted) that at least `min_notes` training-split notes carry; ones
+/// holding the separator `,` are left out (they could not be told apart in an output).
+pub fn hashtag_vocabulary(data: &Dataset, min_notes: usize) -> Vec<String> {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for id in data.ids(Part::Train) {
+        let Some(note) = data.note(id) else { continue };
+        let mut tags: Vec<&str> = note.hashtags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
+        tags.sort_unstable();
+        tags.dedup();
+        for t in tags {
+            *count.entry(t.to_owned()).or_default() += 1;
+        }
+    }
+    let mut vocab: Vec<String> =
+        count.into_iter().filter(|(t, c)| *c >= min_notes && !t.contains(',')).map(|(t, _)| t).collect();
+    vocab.sort();
+    vocab
+}
+
+/// At most `n` notes (sorted) among which `pairs` are dense: greedy peeling, which repeatedly
+/// drops a note of the fewest remaining pairs (ties: the larger index) until `n` are left, so
+/// the kept notes are the ones most connected to each other rather than to the notes dropped.
+pub fn dense_notes(pairs: &[(usize, usize)], n: usize) -> Vec<usize> {
+    let mut adj: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &(a, b) in pairs {
+        adj.entry(a).or_default().push(b);
+        adj.entry(b).or_default().push(a);
+    }
+    let mut degree: HashMap<usize, usize> = adj.iter().map(|(&k, v)| (k, v.len())).collect();
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(usize, std::cmp::Reverse<usize>)>> =
+        degree.iter().map(|(&k, &d)| std::cmp::Reverse((d, std::cmp::Reverse(k)))).collect();
+    let mut left = degree.len();
+    while left > n {
+        let Some(std::cmp::Reverse((d, std::cmp::Reverse(k)))) = heap.pop() else { break };
+        if degree.get(&k) != Some(&d) {
+            continue; // stale entry
+        }
+        degree.remove(&k);
+        left -= 1;
+        for m in &adj[&k] {
+            if let Some(dm) = degree.get_mut(m) {
+                *dm -= 1;
+                heap.push(std::cmp::Reverse((*dm, std::cmp::Reverse(*m))));
+            }
+        }
+    }
+    let mut keep: Vec<usize> = degree.into_keys().collect();
+    keep.sort_unstable();
+    keep
 }
 
 /// lm mode: the training-split notes as note indices (a seeded sample of `max_pairs`).
@@ -862,6 +1028,17 @@ mod tests {
         assert!(!serde_json::to_string(&v).unwrap().contains("lm"));
         let lm = TrainOptions { objective: Objective::Lm, ..TrainOptions::default() };
         assert!(serde_json::to_string(&lm).unwrap().contains(r#""objective":"lm""#));
+    }
+
+    #[test]
+    fn dense_notes_keeps_the_most_connected_group() {
+        // A 4-clique (0-3) plus a path 4-5-6 hanging off note 3, and a stray pair 7-8.
+        let pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3), (3, 4), (4, 5), (5, 6), (7, 8)];
+        assert_eq!(dense_notes(&pairs, 4), vec![0, 1, 2, 3]);
+        assert_eq!(dense_notes(&pairs, 100), (0..9).collect::<Vec<_>>());
+        assert_eq!(dense_notes(&pairs, 0), Vec::<usize>::new());
+        // duplicate pairs count twice; the result is deterministic
+        assert_eq!(dense_notes(&pairs, 5), dense_notes(&pairs, 5));
     }
 
     #[test]

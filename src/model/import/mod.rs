@@ -259,6 +259,7 @@ fn notellm_config(
         embedding_head: false,
         hashtag_count: 3,
         categories: opts.categories.clone(),
+        hashtags: Vec::new(),
         max_title_tokens: 20,
         max_content_tokens: 80,
         max_topic_tokens: 30,
