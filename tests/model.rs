@@ -190,7 +190,7 @@ fn a_hashtag_vocabulary_closes_hashtag_generation() {
     v["hashtags"] = serde_json::json!(vocab);
     std::fs::write(&file, v.to_string()).unwrap();
     let model = NoteLlm::load(&path, &Device::Cpu).unwrap();
-    let dec = model.hashtag_decoder().unwrap().expect("the vocabulary tokenises");
+    let dec = model.hashtag_decoder().expect("the vocabulary tokenises");
     assert_eq!(dec.len(), vocab.len());
     let mut any = 0;
     for (_, n) in notes(6, 9) {

@@ -229,9 +229,10 @@ impl HashtagDecoder {
 }
 
 impl NoteLlm {
-    /// The closed hashtag decoder, when the checkpoint lists a hashtag vocabulary.
-    pub fn hashtag_decoder(&self) -> Result<Option<HashtagDecoder>> {
-        HashtagDecoder::new(&self.cfg.hashtags, self.tokenizer.eos_id, |t| self.tokenizer.encode(t))
+    /// The closed hashtag decoder (built at load), when the checkpoint lists a hashtag
+    /// vocabulary.
+    pub fn hashtag_decoder(&self) -> Option<&HashtagDecoder> {
+        self.hashtags.as_ref()
     }
 
     /// The category trie: `" <category>" + [EOS]` for each category of the checkpoint.
@@ -262,8 +263,8 @@ impl NoteLlm {
                 self.tokenizer.specials(),
                 &self.tokenizer,
             );
-            match self.hashtag_decoder()? {
-                Some(dec) => self.generate_hashtags(&p.for_generation(), &dec, max_hashtags, opts)?,
+            match self.hashtag_decoder() {
+                Some(dec) => self.generate_hashtags(&p.for_generation(), dec, max_hashtags, opts)?,
                 None => {
                     let (text, _) = self.generate(&p.for_generation(), opts, None)?;
                     prompt::parse_hashtags(&text, max_hashtags)

@@ -45,6 +45,8 @@ pub struct NoteLlm {
     version: ModelVersion,
     /// The category prompt's constant beginning, run once: token ids and their KV cache.
     prefix: Option<embed::Prefix>,
+    /// The closed hashtag vocabulary's decoder, built once at load (`None`: free-form).
+    hashtags: Option<generate::HashtagDecoder>,
 }
 
 impl NoteLlm {
@@ -73,8 +75,10 @@ impl NoteLlm {
         };
         let tokenizer = NoteTokenizer::load(&files.tokenizer, &files.notellm, files.decoder.vocab_size)?;
         let version = ModelVersion(files.notellm.model_version.clone());
-        let mut model = Self { decoder, head, tokenizer, cfg: files.notellm, version, prefix: None };
+        let mut model = Self { decoder, head, tokenizer, cfg: files.notellm, version, prefix: None, hashtags: None };
         model.prefix = embed::Prefix::compute(&model)?;
+        model.hashtags =
+            generate::HashtagDecoder::new(&model.cfg.hashtags, model.tokenizer.eos_id, |t| model.tokenizer.encode(t))?;
         tracing::info!(
             dir = %dir.display(),
             family = ?model.decoder.config().family,
