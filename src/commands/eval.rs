@@ -108,6 +108,7 @@ pub fn run(
         }
         v
     };
+    let voter_notes: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
     let push_baseline = |table: &mut ResultsTable, name: &str, out: Vec<Suggestion>, seconds: f64| {
         let gen = evaluate_generation(picked.iter().zip(out.iter()), &data.categories, &vocab);
         table.push_generation(name, gen, seconds);
@@ -118,7 +119,7 @@ pub fn run(
         let out = picked.iter().map(|n| majority.suggest(budget.for_note(n))).collect();
         push_baseline(&mut table, "majority (category and hashtags)", out, started.elapsed().as_secs_f64());
         let started = Instant::now();
-        let tfidf = TfIdf::fit(&voters.iter().map(|n| (*n).clone()).collect::<Vec<_>>());
+        let tfidf = TfIdf::fit(&voter_notes);
         let mut scores = vec![0f32; voters.len()];
         let out = picked
             .iter()
@@ -151,8 +152,7 @@ pub fn run(
                 let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
                 if !picked.is_empty() {
                     let vote_started = Instant::now();
-                    let owned: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
-                    let pool = minilm.embed_notes(&owned, opts.batch_size)?;
+                    let pool = minilm.embed_notes(&voter_notes, opts.batch_size)?;
                     let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
                     let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
                     push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
@@ -173,8 +173,7 @@ pub fn run(
                 }
                 if !picked.is_empty() && model.config().embedding_head {
                     let vote_started = Instant::now();
-                    let owned: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
-                    let pool = crate::eval::embed_notellm(&model, &owned, opts.batch_size)?;
+                    let pool = crate::eval::embed_notellm(&model, &voter_notes, opts.batch_size)?;
                     let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
                     let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
                     push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());

@@ -290,14 +290,8 @@ impl NoteLlm {
         opts: &GenerateOptions,
         trie: Option<&TokenTrie>,
     ) -> Result<(String, Option<usize>)> {
-        let ids = self.tokenizer.encode(prompt_text)?;
-        if ids.is_empty() {
-            return Err(ModelError::Input("empty prompt".into()));
-        }
-        let max_new = opts.max_new_tokens.unwrap_or(self.cfg.max_new_tokens);
+        let (mut logits, mut cache, max_new) = self.prefill(prompt_text, opts)?;
         let mut rng = StdRng::seed_from_u64(opts.seed);
-        let mut cache = KvCache::new();
-        let mut logits = self.next_logits(&[ids], &mut cache)?;
         let mut out: Vec<u32> = Vec::new();
         let mut node = 0usize;
         for _ in 0..max_new {
@@ -333,14 +327,8 @@ impl NoteLlm {
         max: usize,
         opts: &GenerateOptions,
     ) -> Result<Vec<String>> {
-        let ids = self.tokenizer.encode(prompt_text)?;
-        if ids.is_empty() {
-            return Err(ModelError::Input("empty prompt".into()));
-        }
-        let max_new = opts.max_new_tokens.unwrap_or(self.cfg.max_new_tokens);
+        let (first, cache, max_new) = self.prefill(prompt_text, opts)?;
         let mut rng = StdRng::seed_from_u64(opts.seed);
-        let mut cache = KvCache::new();
-        let first = self.next_logits(&[ids], &mut cache)?;
         let cache = std::cell::RefCell::new(cache);
         dec.decode(
             max,
@@ -352,6 +340,18 @@ impl NoteLlm {
             },
             |tok| self.next_logits(&[vec![tok]], &mut cache.borrow_mut()),
         )
+    }
+
+    /// Runs the prompt: the logits of the first new token, the KV cache after the prompt and the
+    /// token budget.
+    fn prefill(&self, prompt_text: &str, opts: &GenerateOptions) -> Result<(Vec<f32>, KvCache, usize)> {
+        let ids = self.tokenizer.encode(prompt_text)?;
+        if ids.is_empty() {
+            return Err(ModelError::Input("empty prompt".into()));
+        }
+        let mut cache = KvCache::new();
+        let logits = self.next_logits(&[ids], &mut cache)?;
+        Ok((logits, cache, opts.max_new_tokens.unwrap_or(self.cfg.max_new_tokens)))
     }
 
     /// Runs one chunk (batch 1) and returns the last position's logits.

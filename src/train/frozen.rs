@@ -78,14 +78,6 @@ impl FrozenCache {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
-        self.mem.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.mem.is_empty()
-    }
-
     /// Drops every state held in memory (the disk cache and the stats stay).
     pub fn clear_memory(&mut self) {
         self.mem.clear();
