@@ -213,8 +213,9 @@ impl PipelineArgs {
             hnsw_ef_search: self.hnsw_ef_search,
             rebuild_tombstone_share: self.rebuild_tombstone_share,
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
-            // `serve` sets its flag's value; `ingest` answers no /related.
+            // `serve` sets these from its flags; `ingest` answers no /related or /suggest-tags.
             related_cache_entries: 0,
+            suggest: crate::service::SuggestConfig::default(),
         })
     }
 }
@@ -245,9 +246,21 @@ pub struct ServeArgs {
     /// per answer at k=20).
     #[arg(long, env = "NOTELLM_RELATED_CACHE_ENTRIES", default_value_t = crate::service::DEFAULT_RELATED_CACHE_ENTRIES)]
     pub related_cache_entries: usize,
+    /// Where /suggest-tags answers come from: "neighbours" (the nearest indexed notes vote with
+    /// their hashtags and category, weighted by similarity; generation when none has a label or
+    /// the index is being restored) or "generate" (the LLM generates them).
+    #[arg(long, env = "NOTELLM_SUGGEST_FROM", default_value = "neighbours")]
+    pub suggest_from: crate::service::SuggestFrom,
+    /// Nearest indexed notes that vote in a /suggest-tags answer (1-200).
+    #[arg(long, env = "NOTELLM_SUGGEST_NEIGHBOURS", default_value_t = crate::service::DEFAULT_SUGGEST_NEIGHBOURS)]
+    pub suggest_neighbours: usize,
 }
 
 impl ServeArgs {
+    pub fn suggest_config(&self) -> crate::service::SuggestConfig {
+        crate::service::SuggestConfig { from: self.suggest_from, neighbours: self.suggest_neighbours }
+    }
+
     pub fn http_config(&self) -> crate::api::HttpConfig {
         crate::api::HttpConfig {
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),

@@ -63,6 +63,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => runtime()?.block_on(async {
             let cfg = server::ServiceConfig {
                 related_cache_entries: a.related_cache_entries,
+                suggest: a.suggest_config(),
                 ..a.pipeline.service_config()?
             };
             let listener = server::bind(a.listen).await?;

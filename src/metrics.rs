@@ -52,6 +52,7 @@ pub struct Metrics {
     pub related_cache_hits: IntCounter,
     pub related_cache_misses: IntCounter,
     pub related_cache_entries: IntGauge,
+    pub suggestions: IntCounterVec,
 }
 
 /// `state` values of `notellm_reindex_state` (see `service::ReindexState`).
@@ -59,6 +60,8 @@ pub const REINDEX_STATES: &[&str] =
     &["loading", "embedding", "catching_up", "switching", "done", "failed", "cancelled"];
 /// `kind` values of `notellm_reindex_notes`.
 pub const REINDEX_NOTE_KINDS: &[&str] = &["total", "done", "reused", "caught_up"];
+/// `source` values of `notellm_suggestions_total` (see `service::SuggestionSource`).
+pub const SUGGESTION_SOURCES: &[&str] = &["neighbours", "generated"];
 /// `outcome` values of `notellm_reindex_runs_total`.
 pub const REINDEX_OUTCOMES: &[&str] = &["done", "failed", "cancelled"];
 
@@ -134,6 +137,13 @@ impl Metrics {
             store_errors: IntCounterVec::new(
                 Opts::new("notellm_store_errors_total", "Store operations that failed, by operation"),
                 &["op"],
+            )?,
+            suggestions: IntCounterVec::new(
+                Opts::new(
+                    "notellm_suggestions_total",
+                    "/suggest-tags answers, by source (the nearest notes' vote, or generation)",
+                ),
+                &["source"],
             )?,
             build_info: GaugeVec::new(
                 Opts::new("notellm_build_info", "Build and model information (value 1)"),
@@ -215,6 +225,7 @@ impl Metrics {
         r.register(Box::new(m.related_cache_hits.clone()))?;
         r.register(Box::new(m.related_cache_misses.clone()))?;
         r.register(Box::new(m.related_cache_entries.clone()))?;
+        r.register(Box::new(m.suggestions.clone()))?;
         for state in REINDEX_STATES {
             m.reindex_state.with_label_values(&[state]).set(0);
         }
@@ -232,7 +243,10 @@ impl Metrics {
         for route in ROUTES {
             let _ = m.http_duration.with_label_values(&[route]);
         }
-        for op in ["put", "get", "delete", "changes", "scan", "ping"] {
+        for source in SUGGESTION_SOURCES {
+            m.suggestions.with_label_values(&[source]).reset();
+        }
+        for op in ["put", "get", "delete", "changes", "scan", "ping", "labels"] {
             m.store_errors.with_label_values(&[op]).reset();
         }
         Ok(m)
@@ -275,6 +289,7 @@ mod tests {
             "notellm_related_cache_hits_total 0",
             "notellm_related_cache_misses_total 0",
             "notellm_related_cache_entries 0",
+            "notellm_suggestions_total{source=\"neighbours\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

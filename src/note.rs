@@ -83,6 +83,12 @@ impl Note {
             Ok(())
         }
     }
+
+    /// The note as a creator's draft: title and content only, no hashtags or category (what
+    /// `/suggest-tags` sees, and what any suggestion must be judged on).
+    pub fn draft(&self) -> Note {
+        Note { title: self.title.clone(), content: self.content.clone(), hashtags: Vec::new(), category: None }
+    }
 }
 
 /// An L2-normalised embedding vector. Constructed only through [`Embedding::normalised`] or

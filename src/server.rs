@@ -15,7 +15,7 @@ use crate::batcher::{Batcher, BatcherConfig};
 use crate::index::{IndexConfig, NoteIndex};
 use crate::metrics::Metrics;
 use crate::model::{DeviceSpec, NoteLlm};
-use crate::service::{App, AppError, ServiceLimits, Serving, ServingTemplate};
+use crate::service::{App, AppError, ServiceLimits, Serving, ServingTemplate, SuggestConfig};
 use crate::store::{Store, StoreError, StoreOptions};
 
 pub use crate::service::snapshot_dir;
@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     pub snapshot_interval: Duration,
     /// Most `GET /related` answers cached (0: no cache).
     pub related_cache_entries: usize,
+    /// How `/suggest-tags` answers.
+    pub suggest: SuggestConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,7 @@ pub enum ServerError {
 /// Connects the store, loads the model, starts the batcher; the index is empty until
 /// [`App::restore`].
 pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
+    cfg.suggest.validate().map_err(|e| ServerError::App(AppError::Invalid(e)))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
     let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
@@ -103,7 +106,15 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     let serving = Serving::new(batcher, index, &cfg.data_dir);
     let template =
         ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
-    Ok(Arc::new(App::new(store, serving, template, metrics, cfg.limits.clone(), cfg.related_cache_entries)))
+    Ok(Arc::new(App::new(
+        store,
+        serving,
+        template,
+        metrics,
+        cfg.limits.clone(),
+        cfg.related_cache_entries,
+        cfg.suggest,
+    )))
 }
 
 /// Runs the HTTP service on `listener` until `shutdown` resolves.

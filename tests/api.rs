@@ -11,7 +11,7 @@ use notellm::batcher::BatcherConfig;
 use notellm::model::config::Family;
 use notellm::model::DeviceSpec;
 use notellm::server::{self, ServiceConfig};
-use notellm::service::ServiceLimits;
+use notellm::service::{ServiceLimits, SuggestFrom};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -60,6 +60,7 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut Ht
         snapshot_interval: Duration::from_secs(3600),
         // On, so that every /related below also goes through the answer cache.
         related_cache_entries: 4096,
+        suggest: Default::default(),
     };
     let mut http = HttpConfig { body_limit_bytes: 64 * 1024, ..Default::default() };
     tweak(&mut cfg, &mut http);
@@ -181,6 +182,7 @@ async fn endpoints(backend: Backend) {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert!(v["hashtags"].as_array().unwrap().len() <= 2);
     assert!(["travel", "food", "tech", "fashion", "fitness", "home"].contains(&v["category"].as_str().unwrap()));
+    assert_eq!(v["source"], "neighbours", "{v}");
 
     // batch: per-note results in input order, bad notes reported, good ones stored
     let body = json!({ "notes": [
@@ -337,6 +339,8 @@ async fn overload_and_batching(backend: Backend) {
         start(&backend, |c, _| {
             c.batcher.gen_queue_capacity = 1;
             c.batcher.gen_workers = 1;
+            // the generation queue is what this measures
+            c.suggest.from = SuggestFrom::Generate;
             c.batcher.max_wait = Duration::from_millis(20);
         })
         .await,
@@ -403,6 +407,64 @@ fn metric(text: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+async fn suggest(s: &Server, body: Value) -> Value {
+    let (st, v) = json_of(s.http.post(s.url("/suggest-tags")).json(&body).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v
+}
+
+fn tags_of(v: &Value) -> Vec<&str> {
+    v["hashtags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect()
+}
+
+async fn suggestions(backend: Backend) {
+    let s = start(&backend, |_, _| {}).await;
+    let draft = json!({"title": "sunset hike", "content": "beach trail at dusk", "max_hashtags": 3});
+    // nothing indexed: generated
+    let v = suggest(&s, draft.clone()).await;
+    assert_eq!(v["source"], "generated", "{v}");
+    // Four notes, fewer than the 10 neighbours that vote, so all of them vote whatever the
+    // embeddings: three with the same category and two tags, and one with a hashtag only.
+    for i in 0..3 {
+        let body = json!({"title": format!("trip {i}"), "content": "island hotel", "hashtags": ["beach", "sunset"], "category": "travel"});
+        assert_eq!(put(&s, &format!("t{i}"), &body).await.0, StatusCode::CREATED);
+    }
+    let body = json!({"title": "odd", "content": "one", "hashtags": ["zzz-rare"]});
+    assert_eq!(put(&s, "odd", &body).await.0, StatusCode::CREATED);
+    let v = suggest(&s, draft.clone()).await;
+    assert_eq!(v["source"], "neighbours", "{v}");
+    assert_eq!(v["category"], "travel", "{v}");
+    let tags = tags_of(&v);
+    assert_eq!(&tags[..2], ["beach", "sunset"], "{v}");
+    assert!(tags.len() <= 3 && tags[2..].iter().all(|t| *t == "zzz-rare"), "{v}");
+    // max_hashtags bounds the answer
+    let mut one = draft.clone();
+    one["max_hashtags"] = 1.into();
+    let v = suggest(&s, one).await;
+    assert_eq!(tags_of(&v), ["beach"], "{v}");
+    // deleted notes no longer vote; with none left, generated again
+    for id in ["t0", "t1", "t2", "odd"] {
+        assert_eq!(
+            s.http.delete(s.url(&format!("/notes/{id}"))).send().await.unwrap().status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    let v = suggest(&s, draft).await;
+    assert_eq!(v["source"], "generated", "{v}");
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("notellm_suggestions_total{source=\"neighbours\"} 2"), "{metrics}");
+    assert!(metrics.contains("notellm_suggestions_total{source=\"generated\"} 2"), "{metrics}");
+    s.stop().await;
+
+    // --suggest-from generate: always generated
+    let s = start(&backend, |c, _| c.suggest.from = SuggestFrom::Generate).await;
+    let body = json!({"title": "trip", "content": "island", "hashtags": ["beach"], "category": "travel"});
+    assert_eq!(put(&s, "t", &body).await.0, StatusCode::CREATED);
+    let v = suggest(&s, json!({"title": "sunset hike", "content": "beach"})).await;
+    assert_eq!(v["source"], "generated", "{v}");
+    s.stop().await;
 }
 
 async fn cache_counts(s: &Server) -> (f64, f64) {
@@ -538,4 +600,4 @@ macro_rules! both_backends {
     };
 }
 
-both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled);
+both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled, suggestions);

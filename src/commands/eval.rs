@@ -97,6 +97,9 @@ pub fn run(
     let vocab = HashtagVocab::from_notes(train_notes.iter().copied());
     let sample = generation_sample(&notes, opts.generation_sample, opts.seed);
     let picked: Vec<Note> = sample.iter().map(|&i| notes[i].clone()).collect();
+    // What a suggestion may look at: a dense vote embeds these, never the labelled note (its
+    // hashtags and category are the answer).
+    let drafts: Vec<Note> = picked.iter().map(Note::draft).collect();
     let budget = HashtagBudget::default();
     // The lookup pool of the vote baselines: training notes with something to vote.
     let voters: Vec<&Note> = {
@@ -123,8 +126,9 @@ pub fn run(
         let mut scores = vec![0f32; voters.len()];
         let out = picked
             .iter()
-            .map(|n| {
-                tfidf.score_into(&tfidf.transform(n), &mut scores);
+            .zip(&drafts)
+            .map(|(n, draft)| {
+                tfidf.score_into(&tfidf.transform(draft), &mut scores);
                 vote(&voters, &scores, opts.vote_k, budget.for_note(n))
             })
             .collect();
@@ -153,7 +157,8 @@ pub fn run(
                 if !picked.is_empty() {
                     let vote_started = Instant::now();
                     let pool = minilm.embed_notes(&voter_notes, opts.batch_size)?;
-                    let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
+                    let queries = minilm.embed_notes(&drafts, opts.batch_size)?;
+                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
                     let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
                     push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
                 }
@@ -174,7 +179,8 @@ pub fn run(
                 if !picked.is_empty() && model.config().embedding_head {
                     let vote_started = Instant::now();
                     let pool = crate::eval::embed_notellm(&model, &voter_notes, opts.batch_size)?;
-                    let out = dense_votes(&sample, &embs, &picked, &voters, &pool, opts.vote_k, budget);
+                    let queries = crate::eval::embed_notellm(&model, &drafts, opts.batch_size)?;
+                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
                     let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
                     push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
                 }
@@ -199,22 +205,21 @@ pub fn run(
     Ok(table)
 }
 
-/// The vote of the nearest `voters` (embedded as `pool`) for each sampled pool note
-/// (`sample[i]` indexes `embs`; `picked[i]` is that note).
+/// The vote of the nearest `voters` (embedded as `pool`) for each sampled note `picked[i]`,
+/// whose draft (no labels) is embedded as `queries[i]`.
 fn dense_votes(
-    sample: &[usize],
-    embs: &[Embedding],
+    queries: &[Embedding],
     picked: &[Note],
     voters: &[&Note],
     pool: &[Embedding],
     k: usize,
     budget: HashtagBudget,
 ) -> Vec<Suggestion> {
-    sample
+    queries
         .iter()
         .zip(picked)
-        .map(|(&i, note)| {
-            let scores: Vec<f32> = pool.iter().map(|p| embs[i].cosine(p)).collect();
+        .map(|(query, note)| {
+            let scores: Vec<f32> = pool.iter().map(|p| query.cosine(p)).collect();
             vote(voters, &scores, k, budget.for_note(note))
         })
         .collect()

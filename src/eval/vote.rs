@@ -3,40 +3,36 @@
 //!
 //! - [`Majority`]: the training split's most frequent category, and its most frequent hashtags.
 //! - [`vote`]: the k training notes most similar to the note (by any encoder's scores) vote,
-//!   each with its similarity as weight: the category with the largest summed weight wins, and
-//!   the hashtags with the largest summed weights are suggested (as many as asked for).
+//!   each with its similarity as weight ([`crate::model::vote`], the vote `/suggest-tags`
+//!   serves from the index's nearest notes).
 //!
 //! Ties go to the name that sorts first, so results are deterministic.
 
-use std::collections::HashMap;
-
+use crate::model::vote::{Ballot, Voter};
 use crate::model::Suggestion;
 use crate::note::Note;
-
-/// Weight of a neighbour whose similarity is not positive: it still counts, barely.
-const MIN_WEIGHT: f64 = 1e-6;
 
 /// The majority baseline.
 #[derive(Debug, Clone)]
 pub struct Majority {
-    category: Option<String>,
-    /// Hashtags by descending note count.
-    hashtags: Vec<String>,
+    suggestion: Suggestion,
 }
 
 impl Majority {
     pub fn fit<'a>(notes: impl IntoIterator<Item = &'a Note>) -> Self {
-        let mut cats: HashMap<&str, f64> = HashMap::new();
-        let mut tags: HashMap<&str, f64> = HashMap::new();
+        let mut ballot = Ballot::default();
         for n in notes {
-            add_votes(n, 1.0, &mut cats, &mut tags);
+            ballot.add(voter(n, 1.0));
         }
-        Self { category: ranked(cats).into_iter().next(), hashtags: ranked(tags) }
+        Self { suggestion: ballot.result(usize::MAX) }
     }
 
     /// The same answer for every note: the top category and the `hashtags` most common tags.
     pub fn suggest(&self, hashtags: usize) -> Suggestion {
-        Suggestion { hashtags: self.hashtags.iter().take(hashtags).cloned().collect(), category: self.category.clone() }
+        Suggestion {
+            hashtags: self.suggestion.hashtags.iter().take(hashtags).cloned().collect(),
+            category: self.suggestion.category.clone(),
+        }
     }
 }
 
@@ -45,34 +41,11 @@ impl Majority {
 pub fn vote(train: &[&Note], scores: &[f32], k: usize, hashtags: usize) -> Suggestion {
     let mut order: Vec<usize> = (0..train.len().min(scores.len())).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    let mut cats: HashMap<&str, f64> = HashMap::new();
-    let mut tags: HashMap<&str, f64> = HashMap::new();
-    for &i in order.iter().take(k) {
-        add_votes(train[i], f64::from(scores[i]).max(MIN_WEIGHT), &mut cats, &mut tags);
-    }
-    Suggestion {
-        hashtags: ranked(tags).into_iter().take(hashtags).collect(),
-        category: ranked(cats).into_iter().next(),
-    }
+    crate::model::vote::vote(order.iter().take(k).map(|&i| voter(train[i], scores[i])), hashtags)
 }
 
-fn add_votes<'a>(n: &'a Note, w: f64, cats: &mut HashMap<&'a str, f64>, tags: &mut HashMap<&'a str, f64>) {
-    if let Some(c) = n.category.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
-        *cats.entry(c).or_default() += w;
-    }
-    let mut seen: Vec<&str> = n.hashtags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).collect();
-    seen.sort_unstable();
-    seen.dedup();
-    for t in seen {
-        *tags.entry(t).or_default() += w;
-    }
-}
-
-/// Keys by descending weight, ties by name.
-fn ranked(weights: HashMap<&str, f64>) -> Vec<String> {
-    let mut v: Vec<(&str, f64)> = weights.into_iter().collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
-    v.into_iter().map(|(k, _)| k.to_owned()).collect()
+fn voter(n: &Note, similarity: f32) -> Voter<'_> {
+    Voter { hashtags: &n.hashtags, category: n.category.as_deref(), similarity }
 }
 
 #[cfg(test)]

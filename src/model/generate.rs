@@ -252,7 +252,7 @@ impl NoteLlm {
     /// Hashtags and a category for `note` (its own hashtags and category are ignored).
     pub fn suggest(&self, note: &Note, max_hashtags: usize, opts: &GenerateOptions) -> Result<Suggestion> {
         let _span = tracing::debug_span!("suggest").entered();
-        let input = Note { hashtags: Vec::new(), category: None, ..note.clone() };
+        let input = note.draft();
         let hashtags = if max_hashtags == 0 {
             Vec::new()
         } else {

@@ -17,6 +17,7 @@ pub mod import;
 pub mod init;
 pub mod overlay;
 pub mod tokenizer;
+pub mod vote;
 
 use std::path::Path;
 

@@ -23,6 +23,7 @@ pub mod reindex;
 mod related_cache;
 mod restore;
 mod serving;
+mod suggest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,10 +37,12 @@ pub use error::AppError;
 pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus};
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, Serving, ServingTemplate};
+pub use suggest::{
+    SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
+};
 
 use crate::index::{Hit, NoteIndex};
 use crate::metrics::Metrics;
-use crate::model::Suggestion;
 use crate::note::{Embedding, ModelVersion, Note, NoteId};
 use crate::store::{content_hash, NoteWrite, Store, StoredNote};
 
@@ -122,6 +125,8 @@ pub struct App {
     template: ServingTemplate,
     pub metrics: Metrics,
     pub limits: ServiceLimits,
+    /// How `/suggest-tags` answers (`suggest.rs`).
+    suggest: SuggestConfig,
     gate: RwLock<()>,
     stripes: Vec<AsyncMutex<()>>,
     ready: AtomicBool,
@@ -142,6 +147,7 @@ impl App {
         metrics: Metrics,
         limits: ServiceLimits,
         related_cache_entries: usize,
+        suggest: SuggestConfig,
     ) -> Self {
         let cache_metrics = CacheMetrics {
             hits: metrics.related_cache_hits.clone(),
@@ -155,6 +161,7 @@ impl App {
             template,
             metrics,
             limits,
+            suggest,
             gate: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
             ready: AtomicBool::new(false),
@@ -433,10 +440,6 @@ impl App {
             model_version: serving.version.clone(),
             related: hits.into_iter().map(|h| RelatedNote { note_id: h.id, score: h.score }).collect(),
         }
-    }
-
-    pub async fn suggest(&self, note: Note, max_hashtags: usize) -> Result<Suggestion, AppError> {
-        Ok(self.serving().batcher.suggest(note, max_hashtags).await?)
     }
 
     /// Readiness: the model thread runs, the index is restored and the store answers.

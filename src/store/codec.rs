@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::note::{Embedding, ModelVersion, Note, NoteId};
 
-use super::{Change, StoreError, StoredNote};
+use super::{Change, NoteLabels, StoreError, StoredNote};
 
 /// Encodes an embedding as `dim` little-endian f32 values (`4 * dim` bytes).
 pub(crate) fn encode_embedding(embedding: &Embedding) -> Vec<u8> {
@@ -168,6 +168,28 @@ impl EmbeddingRow {
         let e = decode_embedding(id.as_str(), &self.embedding, self.dim)?;
         Ok((e, ModelVersion(self.model_version)))
     }
+}
+
+/// The labels projection of `labels`: what a note votes with in `/suggest-tags`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct LabelRow {
+    note_id: String,
+    hashtags: String,
+    category: Option<String>,
+}
+
+impl LabelRow {
+    pub(crate) fn decode(self) -> Result<(NoteId, NoteLabels), StoreError> {
+        let hashtags = decode_hashtags(&self.note_id, &self.hashtags)?;
+        Ok((parse_id(&self.note_id)?, NoteLabels { hashtags, category: self.category }))
+    }
+}
+
+/// `SELECT <columns> FROM notes WHERE note_id IN ($1, .., $n)` for `n` ids (both backends
+/// number their parameters this way).
+pub(crate) fn select_by_ids(columns: &str, n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!("SELECT {columns} FROM notes WHERE note_id IN ({})", params.join(", "))
 }
 
 /// A row of `scan_embeddings`.

@@ -148,6 +148,17 @@ pub struct StoredNote {
     pub updated_at: SystemTime,
 }
 
+/// A note's hashtags and category, without its text or vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoteLabels {
+    pub hashtags: Vec<String>,
+    pub category: Option<String>,
+}
+
+/// Most ids [`Store::labels`] reads in one query (bound parameters stay far below SQLite's
+/// limit).
+const LABEL_IDS_PER_QUERY: usize = 500;
+
 /// One entry of the change log: the latest state of a note changed after some seq.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -303,6 +314,16 @@ impl Store {
     /// The full stored note, or `None` when unknown.
     pub async fn get_note(&self, id: &NoteId) -> Result<Option<StoredNote>> {
         dispatch!(self, b => b.get_note(id).await)
+    }
+
+    /// The labels of those of `ids` that are stored (in no particular order); unknown ids are
+    /// left out. One query per [`LABEL_IDS_PER_QUERY`] ids.
+    pub async fn labels(&self, ids: &[NoteId]) -> Result<Vec<(NoteId, NoteLabels)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LABEL_IDS_PER_QUERY) {
+            out.extend(dispatch!(self, b => b.labels(chunk).await)?);
+        }
+        Ok(out)
     }
 
     /// A note's embedding and model version (GET /related's hot path: one primary-key lookup).

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgTransaction};
 
-use super::codec::{self, ChangeRow, EmbeddingRow, NoteRow, ScanRow};
+use super::codec::{self, ChangeRow, EmbeddingRow, LabelRow, NoteRow, ScanRow};
 use super::migrations::{self, MigrationReport};
 use super::staging::{ActiveRow, ReindexRow};
 use super::{
-    ActiveModel, Change, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions, StoredNote,
-    Switch,
+    ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions,
+    StoredNote, Switch,
 };
 use crate::note::{Embedding, ModelVersion, NoteId};
 
@@ -162,6 +162,15 @@ impl PgStore {
         let sql = format!("SELECT {NOTE_COLUMNS} FROM notes WHERE note_id = $1");
         let row: Option<NoteRow> = sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(&self.pool).await?;
         row.map(NoteRow::decode).transpose()
+    }
+
+    pub(crate) async fn labels(&self, ids: &[NoteId]) -> Result<Vec<(NoteId, NoteLabels)>> {
+        let sql = codec::select_by_ids("note_id, hashtags, category", ids.len());
+        let mut q = sqlx::query_as::<_, LabelRow>(&sql);
+        for id in ids {
+            q = q.bind(id.as_str());
+        }
+        q.fetch_all(&self.pool).await?.into_iter().map(LabelRow::decode).collect()
     }
 
     pub(crate) async fn get_embedding(&self, id: &NoteId) -> Result<Option<(Embedding, ModelVersion)>> {
