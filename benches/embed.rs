@@ -1,7 +1,7 @@
 //! Embedding throughput: our decoder (`NoteLlm::embed_ids`) against candle-transformers' stock
 //! qwen2 `Model` on the same weights, batches of 1, 8 and 32 notes of 128 tokens, for the tiny and
 //! the ~100M-parameter presets. After criterion has measured, a table of notes/s and achieved
-//! GFLOP/s is printed from criterion's own estimates (the README's table).
+//! GFLOP/s is printed from criterion's own estimates (the table in docs/benchmarks.md).
 //!
 //! `cargo bench --bench embed` (set `NOTELLM_BENCH_PRESETS=tiny` for the quick half).
 

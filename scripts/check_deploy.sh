@@ -4,7 +4,7 @@
 #
 #   bash scripts/check_deploy.sh
 #
-# What it does (README, "Production" -> "How these files are checked"):
+# What it does (docs/operations.md, "How these files are checked"):
 #  1. tools, installed only when missing and cached under $NOTELLM_CACHE/tools: promtool (only
 #     the binary, extracted from Debian's prometheus package: no service is installed or started)
 #     and a Python venv with pinned PyYAML, kubernetes-validate and check-jsonschema (PyPI);

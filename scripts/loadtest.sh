@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load tests behind README's service figures. Loopback only; every loop is bounded.
+# Load tests behind the service figures in docs/benchmarks.md. Loopback only; every loop is bounded.
 #   scripts/loadtest.sh related   GET /related/n<id>?k=20 on an index of N notes (default 100000,
 #                                 tiny model, 128-d): wrk requests/s, p50/p90/p99, server CPU per
 #                                 request and the answer cache's hit share, for

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub notes_indexed: IntGauge,
     pub index_tombstones: IntGauge,
     pub index_rebuilds: IntCounter,
+    pub snapshots_rejected: IntCounter,
+    pub store_up: IntGauge,
     pub snapshot_age: Gauge,
     pub store_errors: IntCounterVec,
     pub build_info: GaugeVec,
@@ -130,6 +132,14 @@ impl Metrics {
                 "Deleted or replaced vectors still in the graph",
             )?,
             index_rebuilds: IntCounter::new("notellm_index_rebuilds_total", "Index rebuilds (tombstone share passed)")?,
+            store_up: IntGauge::new(
+                "notellm_store_up",
+                "1 while the store answers the service's health probe (every second), else 0",
+            )?,
+            snapshots_rejected: IntCounter::new(
+                "notellm_snapshots_rejected_total",
+                "Index snapshots the store contradicted at start (the index was rebuilt from the store)",
+            )?,
             snapshot_age: Gauge::new(
                 "notellm_snapshot_age_seconds",
                 "Seconds since the last index snapshot was written or loaded",
@@ -212,6 +222,8 @@ impl Metrics {
         r.register(Box::new(m.notes_indexed.clone()))?;
         r.register(Box::new(m.index_tombstones.clone()))?;
         r.register(Box::new(m.index_rebuilds.clone()))?;
+        r.register(Box::new(m.snapshots_rejected.clone()))?;
+        r.register(Box::new(m.store_up.clone()))?;
         r.register(Box::new(m.snapshot_age.clone()))?;
         r.register(Box::new(m.store_errors.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;

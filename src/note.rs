@@ -11,7 +11,7 @@ pub const MAX_NOTE_ID_LEN: usize = 128;
 /// Why a value could not become a domain type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoteError {
-    #[error("note id must be 1-{MAX_NOTE_ID_LEN} characters of [A-Za-z0-9._:-], got {0:?}")]
+    #[error("note id must be 1-{MAX_NOTE_ID_LEN} characters of [A-Za-z0-9._:-], not `.` or `..`, got {0:?}")]
     BadId(String),
     #[error("note has neither a title nor content")]
     Empty,
@@ -26,8 +26,12 @@ pub struct NoteId(String);
 
 impl NoteId {
     pub fn parse(s: &str) -> Result<Self, NoteError> {
+        // `.` and `..` are path segments that URL clients normalise away: no client could
+        // reach such a note at /notes/{id}.
         let ok = !s.is_empty()
             && s.len() <= MAX_NOTE_ID_LEN
+            && s != "."
+            && s != ".."
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -162,6 +166,10 @@ mod tests {
         assert!(NoteId::parse(&"a".repeat(128)).is_ok());
         assert!(NoteId::parse(&"a".repeat(129)).is_err());
         assert!(NoteId::parse("a/b").is_err());
+        assert!(NoteId::parse(".").is_err());
+        assert!(NoteId::parse("..").is_err());
+        assert!(NoteId::parse("...").is_ok());
+        assert!(NoteId::parse(".a").is_ok());
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub use crate::service::snapshot_dir;
 
 /// How long a shutdown waits for a cancelled re-index to stop (a switch in progress finishes).
 const REINDEX_STOP_WAIT: Duration = Duration::from_secs(30);
+/// The store's health probe: how often, and how long a ping may take before the store counts as
+/// unreachable (readiness 503, store operations failing at once with Retry-After).
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything the service needs to start.
 #[derive(Debug, Clone)]
@@ -148,11 +152,23 @@ pub async fn run(
             }
         })
     };
+    let probe = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORE_PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                app.probe_store(STORE_PROBE_TIMEOUT).await;
+            }
+        })
+    };
     let router = api::router(app.clone(), http);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped accepting; in-flight requests drained");
     snapshots.abort();
     restoring.abort();
+    probe.abort();
     stop_reindex(&app).await;
     match app.snapshot().await {
         Ok(true) => tracing::info!("final snapshot written"),

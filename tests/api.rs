@@ -190,15 +190,26 @@ async fn endpoints(backend: Backend) {
         { "note_id": "bad id!", "title": "x" },
         { "note_id": "b2", "title": "" },
         { "note_id": "n3", "title": "replaced", "content": "new text" },
+        { "title": "no id" },
+        { "note_id": 7, "title": "a number for an id" },
+        { "note_id": "b1", "title": "the same id again" },
+        { "note_id": "..", "title": "a dot segment" },
     ]});
     let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&body).send().await.unwrap()).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let res = v["results"].as_array().unwrap();
-    assert_eq!(res.len(), 4);
+    assert_eq!(res.len(), 8);
     assert_eq!(res[0]["status"], "created");
-    assert_eq!((res[1]["status"].as_str(), res[1]["error"]["code"].as_str()), (Some("error"), Some("invalid_note_id")));
-    assert_eq!((res[2]["status"].as_str(), res[2]["error"]["code"].as_str()), (Some("error"), Some("invalid_request")));
+    let failed = |i: usize| (res[i]["status"].as_str(), res[i]["error"]["code"].as_str());
+    assert_eq!(failed(1), (Some("error"), Some("invalid_note_id")));
+    assert_eq!(failed(2), (Some("error"), Some("invalid_request")));
     assert_eq!(res[3]["status"], "updated");
+    assert_eq!((failed(4), &res[4]["note_id"]), ((Some("error"), Some("invalid_note_id")), &Value::Null));
+    assert_eq!(failed(5), (Some("error"), Some("invalid_note_id")));
+    assert_eq!((failed(6), res[6]["note_id"].as_str()), ((Some("error"), Some("duplicate_note_id")), Some("b1")));
+    assert_eq!(failed(7), (Some("error"), Some("invalid_note_id")));
+    let (_, b1) = json_of(s.http.get(s.url("/notes/b1")).send().await.unwrap()).await;
+    assert_eq!(b1["title"], "a note", "the first entry of a repeated id is the one written");
     let too_many =
         json!({ "notes": (0..9).map(|i| json!({"note_id": format!("x{i}"), "title": "t"})).collect::<Vec<_>>() });
     let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&too_many).send().await.unwrap()).await;
@@ -322,6 +333,9 @@ async fn auth(backend: Backend) {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let r = s.http.put(s.url("/notes/a")).bearer_auth("s3cret").json(&note_json(0)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // The scheme is case-insensitive (RFC 7235).
+    let r = s.http.put(s.url("/notes/a")).header("authorization", "bearer s3cret").json(&note_json(0)).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
     for req in [
         s.http.delete(s.url("/notes/a")),
         s.http.post(s.url("/notes:batch")).json(&json!({"notes": [{"note_id": "z", "title": "t"}]})),

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::batcher::BatchError;
 use crate::service::{AppError, ReindexError};
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -44,6 +45,11 @@ impl ApiError {
         self
     }
 
+    /// 503 `not_ready` with `Retry-After` (restoring, store unreachable, model stopped).
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).retry(5)
+    }
+
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry(1)
     }
@@ -73,8 +79,13 @@ impl From<AppError> for ApiError {
             AppError::NotFound => ApiError::not_found("note not found"),
             AppError::Invalid(m) => ApiError::invalid(m),
             AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "model_version_mismatch", m),
-            AppError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m).retry(5),
+            AppError::Unavailable(m) => ApiError::not_ready(m),
             AppError::Batch(b) => b.into(),
+            AppError::Store(e @ StoreError::Corrupt { .. }) => {
+                // Not retryable: the same read fails again until someone repairs the row.
+                tracing::error!(alert = true, error = %e, "corrupt data in the store");
+                ApiError::internal()
+            }
             AppError::Store(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable").retry(5)
             }
@@ -99,7 +110,7 @@ impl From<ReindexError> for ApiError {
             ReindexError::NotRunning => ApiError::not_found(msg),
             ReindexError::BadModel { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", msg),
             ReindexError::BadBatch(_) => ApiError::invalid(msg),
-            ReindexError::NotReady => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", msg).retry(5),
+            ReindexError::NotReady => ApiError::not_ready(msg),
             other => {
                 tracing::error!(error = %other, "re-index request failed");
                 ApiError::internal()
@@ -157,5 +168,41 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_store_data_is_a_500_other_store_errors_a_retryable_503() {
+        let corrupt: ApiError = AppError::Store(StoreError::corrupt("n1", "bad embedding")).into();
+        assert_eq!(
+            (corrupt.status, corrupt.code, corrupt.retry_after),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+        );
+        assert!(!corrupt.message.contains("n1"), "no internals in a 5xx: {}", corrupt.message);
+        let purged: ApiError = AppError::Store(StoreError::ChangesPurged { since: 1, purged_through: 2 }).into();
+        assert_eq!(
+            (purged.status, purged.code, purged.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", Some(5))
+        );
+    }
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        let errors: Vec<ApiError> = vec![
+            AppError::Unavailable("restoring".into()).into(),
+            ApiError::not_ready("store unreachable"),
+            ApiError::overloaded("full"),
+            BatchError::Closed.into(),
+            ReindexError::NotReady.into(),
+        ];
+        for e in errors {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            let resp = e.clone().into_response();
+            assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e:?}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! None of them queue behind inference.
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
@@ -18,7 +18,7 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>
         Ok(()) => {
             Ok(Json(json!({ "status": "ready", "model_version": s.app.model_version(), "notes": s.app.index().len() })))
         }
-        Err(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why)),
+        Err(why) => Err(ApiError::not_ready(why)),
     }
 }
 

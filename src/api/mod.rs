@@ -206,18 +206,21 @@ impl FromRequestParts<AppState> for WriteAuth {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(key) = state.http.api_key.as_deref() else { return Ok(WriteAuth) };
-        let given = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given =
+            parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token).unwrap_or("");
         if constant_time_eq(given.as_bytes(), key.as_bytes()) {
             Ok(WriteAuth)
         } else {
             Err(ApiError::unauthorized())
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 7235), one or more spaces separate it from the token.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
 /// Compares without an early exit on the first differing byte (no timing oracle on the key).
@@ -241,7 +244,18 @@ impl IntoResponse for crate::service::PutOutcome {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer k", "bearer k", "BEARER k", "Bearer   k"] {
+            assert_eq!(bearer_token(v), Some("k"), "{v}");
+        }
+        for v in ["Basic k", "Bearerk", "k", "", "Bearer"] {
+            assert_eq!(bearer_token(v), None, "{v}");
+        }
+        assert_eq!(bearer_token("Bearer "), Some(""));
+    }
 
     #[test]
     fn key_comparison() {

@@ -110,12 +110,12 @@ pub struct BatchBody {
     notes: Vec<BatchNote>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct BatchNote {
-    note_id: String,
-    #[serde(flatten)]
-    body: serde_json::Map<String, serde_json::Value>,
-}
+/// One entry of a batch: `note_id` beside the note's fields. Kept as raw JSON so that a bad
+/// entry (no `note_id`, a wrong type) is reported on its own instead of failing the batch.
+pub type BatchNote = serde_json::Map<String, serde_json::Value>;
+
+/// One batch entry after validation: the note to write, or its id as given (if any) and why not.
+type Slot = Result<(NoteId, Note), (Option<String>, ApiError)>;
 
 /// Per-note results in input order; a bad note does not fail the others.
 pub async fn put_batch(
@@ -131,14 +131,35 @@ pub async fn put_batch(
             body.notes.len()
         )));
     }
-    let mut slots: Vec<Result<(NoteId, Note), (String, ApiError)>> = Vec::with_capacity(body.notes.len());
-    for n in body.notes {
-        let parsed = parse_id(&n.note_id).and_then(|id| {
-            let b: NoteBody = serde_json::from_value(serde_json::Value::Object(n.body))
+    let mut slots: Vec<Slot> = Vec::with_capacity(body.notes.len());
+    let mut seen = std::collections::HashSet::with_capacity(body.notes.len());
+    for mut entry in body.notes {
+        let raw = match entry.remove("note_id") {
+            Some(serde_json::Value::String(raw)) => raw,
+            other => {
+                let got = if other.is_some() { "not a string" } else { "missing" };
+                let e = ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_note_id",
+                    format!("every batch entry needs a string `note_id`; it is {got}"),
+                );
+                slots.push(Err((None, e)));
+                continue;
+            }
+        };
+        let parsed = parse_id(&raw).and_then(|id| {
+            if !seen.insert(id.clone()) {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "duplicate_note_id",
+                    format!("note {id} appears earlier in this batch; only its first entry is written"),
+                ));
+            }
+            let b: NoteBody = serde_json::from_value(serde_json::Value::Object(entry))
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
             Ok((id, validate(b, l)?))
         });
-        slots.push(parsed.map_err(|e| (n.note_id, e)));
+        slots.push(parsed.map_err(|e| (Some(raw), e)));
     }
     let good: Vec<(NoteId, Note)> = slots.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
     let mut done = s.app.put_notes(good).await?.into_iter();
@@ -147,15 +168,16 @@ pub async fn put_batch(
         .map(|slot| match slot {
             Ok((id, _)) => match done.next() {
                 Some(Ok(o)) => serde_json::to_value(o).unwrap_or_default(),
-                Some(Err(e)) => error_entry(id.as_str(), e.into()),
-                None => error_entry(id.as_str(), ApiError::invalid("not processed")),
+                Some(Err(e)) => error_entry(Some(id.as_str()), e.into()),
+                None => error_entry(Some(id.as_str()), ApiError::invalid("not processed")),
             },
-            Err((raw, e)) => error_entry(&raw, e),
+            Err((raw, e)) => error_entry(raw.as_deref(), e),
         })
         .collect();
     Ok(Json(json!({ "results": results })))
 }
 
-fn error_entry(id: &str, e: ApiError) -> serde_json::Value {
+/// A failed entry; `note_id` is null when the entry had none.
+fn error_entry(id: Option<&str>, e: ApiError) -> serde_json::Value {
     json!({ "note_id": id, "status": "error", "error": { "code": e.code, "message": e.message } })
 }

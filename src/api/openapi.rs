@@ -18,7 +18,8 @@ fn body(schema: &str) -> Value {
 
 pub fn document() -> Value {
     let id = json!({ "name": "note_id", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$" } });
+        "schema": { "type": "string", "pattern": "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,128}$",
+            "description": "not `.` or `..` (path segments that clients normalise away)" } });
     let auth = json!([{ "bearer": [] }]);
     json!({
         "openapi": "3.1.0",
@@ -92,7 +93,7 @@ pub fn document() -> Value {
                     "status": { "enum": ["created", "updated", "unchanged"] }, "seq": { "type": "integer" }, "model_version": { "type": "string" } } },
                 "BatchResults": { "type": "object", "properties": { "results": { "type": "array", "items": { "oneOf": [
                     { "$ref": "#/components/schemas/PutOutcome" },
-                    { "type": "object", "properties": { "note_id": { "type": "string" }, "status": { "const": "error" }, "error": { "$ref": "#/components/schemas/ErrorBody" } } } ] } } } },
+                    { "type": "object", "properties": { "note_id": { "type": ["string", "null"], "description": "null when the entry had no string note_id" }, "status": { "const": "error" }, "error": { "$ref": "#/components/schemas/ErrorBody", "description": "invalid_note_id, duplicate_note_id (an id repeated in one batch: only its first entry is written), invalid_request, ..." } } } ] } } } },
                 "StoredNote": { "type": "object", "properties": { "note_id": { "type": "string" }, "title": { "type": "string" },
                     "content": { "type": "string" }, "hashtags": { "type": "array", "items": { "type": "string" } },
                     "category": { "type": ["string", "null"] }, "model_version": { "type": "string" }, "seq": { "type": "integer" },

@@ -1,5 +1,5 @@
 //! The results table of `notellm eval`: one row per system (NoteLLM checkpoints, the baselines),
-//! rendered as Markdown (for the terminal and README) and as JSON (for scripts).
+//! rendered as Markdown (for the terminal and docs/training.md) and as JSON (for scripts).
 //!
 //! Markdown shows percentages with two decimals, as the paper does; JSON keeps fractions in
 //! [0, 1] and every timing. Every row must come from the same pool, pairs, k and exposure

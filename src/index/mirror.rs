@@ -240,9 +240,9 @@ mod tests {
         let graph = Graph::new(&cfg, 64);
         insert(&graph, 0, &synthetic(500, 8, Spread::Uniform, 5));
         let dir = tempfile::tempdir().unwrap();
-        crate::index::snapshot::save(&graph, &cfg, dir.path(), 7).unwrap();
+        crate::index::snapshot::save(&graph, &cfg, dir.path(), &crate::index::StorePosition::at(7)).unwrap();
         let (loaded, seq) = crate::index::snapshot::load(dir.path(), &cfg).unwrap().unwrap();
-        assert_eq!(seq, 7);
+        assert_eq!(seq.seq, 7);
         loaded.check_mirror().unwrap();
     }
 }

@@ -94,7 +94,7 @@
 //! - Memory: RSS grows by 3.2-3.7 KB per note while building, the mirror's 0.66 KB (allocated
 //!   by doubling) included (hnsw_rs: the vector 0.5 KB and one `Arc` per link, ~2 KB for layer
 //!   0's 32 links); `memory_bytes_estimate()` gives 4.0 KB/note; the service measured 4.7 KB
-//!   per note (README). A rebuild holds two graphs at once.
+//!   per note (docs/benchmarks.md). A rebuild holds two graphs at once.
 //! - Snapshot: 1.2-1.3 KB per note on disk (118-132 MB for 100k), save 0.5 s, load 0.9-1.5 s
 //!   with checksums verified and the mirror rebuilt, against 35-117 s to rebuild the graph.
 
@@ -117,7 +117,7 @@ pub use config::{
 };
 pub use error::IndexError;
 pub use note_index::NoteIndex;
-pub use snapshot::FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION;
+pub use snapshot::{StorePosition, Witness, FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION};
 
 use crate::note::NoteId;
 

@@ -338,7 +338,7 @@ mod tests {
     fn snapshot_timings(index: &NoteIndex, n: usize) {
         let dir = tempfile::tempdir().unwrap();
         let t = Instant::now();
-        index.save_snapshot(dir.path(), 1).unwrap();
+        index.save_snapshot(dir.path(), &crate::index::StorePosition::at(1)).unwrap();
         let save = t.elapsed().as_secs_f32();
         let bytes: u64 = walk_bytes(dir.path());
         let t = Instant::now();

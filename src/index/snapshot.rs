@@ -6,8 +6,9 @@
 //! ```text
 //! index.current                  name of the live snapshot folder (replaced by temp + rename)
 //! index-<seq>-<nonce>/
-//!     manifest.json              format version, seq, dim, m, ef_construction, point counts,
-//!                                and the size and checksum of each file below
+//!     manifest.json              format version, the store position (seq and its witness),
+//!                                dim, m, ef_construction, point counts, the size and checksum
+//!                                of each file below, and its own checksum
 //!     ids.bin                    live (note id, internal id) pairs
 //!     graph.hnsw.graph           hnsw_rs dump: layers and links (absent for an empty graph)
 //!     graph.hnsw.data            hnsw_rs dump: vectors
@@ -18,6 +19,12 @@
 //! (or none) readable. A load verifies every checksum before handing a byte to hnsw_rs, whose
 //! reader panics (or exits) on malformed input; its panics are also caught. Any failure is a
 //! typed error, and the caller rebuilds from the store.
+//!
+//! The manifest checksums itself too, so a hand-edited seq is corrupt rather than trusted. The
+//! position it records ([`StorePosition`]: the store's seq and the write that seq names) is what
+//! the caller checks against the store before replaying from it: a snapshot is only a cache of
+//! the store, and one the store contradicts (a store restored from an older backup, say) must
+//! be rebuilt, not followed.
 //!
 //! Why the hnsw_rs dump rather than ids + vectors with a rebuild on load: reloading the graph
 //! keeps search results identical across a restart and is an order of magnitude faster than
@@ -41,10 +48,13 @@ use super::graph::{Graph, Hnsw};
 use super::ids::IdMap;
 use super::{IndexConfig, IndexError};
 
-/// Bump on any change of the layout or of the files' encodings.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bump on any change of the layout or of the files' encodings. (2: the manifest's own checksum
+/// and the store position's witness.)
+pub const FORMAT_VERSION: u32 = 2;
 const FORMAT_NAME: &str = "notellm-index";
 const CURRENT: &str = "index.current";
+/// What [`write_atomically`] names the temp file of [`CURRENT`] (`index.tmp-<pid>`).
+const CURRENT_TMP: &str = "index.tmp-";
 const PREFIX: &str = "index-";
 const MANIFEST: &str = "manifest.json";
 const IDS: &str = "ids.bin";
@@ -52,11 +62,35 @@ const GRAPH_BASENAME: &str = "graph";
 const GRAPH_FILES: [&str; 2] = ["graph.hnsw.graph", "graph.hnsw.data"];
 const IDS_MAGIC: &[u8; 8] = b"NLIDMAP1";
 
+/// Where in the store's change sequence a snapshot stands: it holds every change up to `seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorePosition {
+    pub seq: i64,
+    /// The latest write with a seq at or below `seq` when the snapshot was taken (`None` when
+    /// the store had none). A store in which that note's current write is neither this one nor
+    /// one after `seq` is not the store this snapshot came from.
+    pub witness: Option<Witness>,
+}
+
+impl StorePosition {
+    /// A position without a witness (an empty store, or tests).
+    pub fn at(seq: i64) -> Self {
+        Self { seq, witness: None }
+    }
+}
+
+/// One write of the store: the note it touched and the seq it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Witness {
+    pub note_id: NoteId,
+    pub seq: i64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
     format: String,
     format_version: u32,
-    seq: i64,
+    position: StorePosition,
     dim: usize,
     m: usize,
     ef_construction: usize,
@@ -65,6 +99,18 @@ struct Manifest {
     points: usize,
     live: usize,
     files: Vec<FileEntry>,
+    /// Hex of [`Checksum`] over this manifest's compact JSON with this field empty.
+    checksum: String,
+}
+
+impl Manifest {
+    /// The checksum of everything but the checksum field.
+    fn own_checksum(&mut self) -> Result<String, serde_json::Error> {
+        let kept = std::mem::take(&mut self.checksum);
+        let bytes = serde_json::to_vec(self);
+        self.checksum = kept;
+        Ok(format!("{:016x}", Checksum::of(&bytes?)))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,15 +126,16 @@ fn distance_name() -> String {
 }
 
 /// Writes `graph` as the current snapshot of `dir`. The caller holds the writer lock.
-pub fn save(graph: &Graph, cfg: &IndexConfig, dir: &Path, seq: i64) -> Result<(), IndexError> {
+pub fn save(graph: &Graph, cfg: &IndexConfig, dir: &Path, position: &StorePosition) -> Result<(), IndexError> {
     let start = Instant::now();
+    let seq = position.seq;
     fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
     let nonce =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     let name = format!("{PREFIX}{seq}-{}-{nonce}", std::process::id());
     let tmp = dir.join(format!("{name}.tmp"));
     fs::create_dir(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-    let written = write_folder(graph, cfg, &tmp, seq);
+    let written = write_folder(graph, cfg, &tmp, position);
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
@@ -103,7 +150,7 @@ pub fn save(graph: &Graph, cfg: &IndexConfig, dir: &Path, seq: i64) -> Result<()
     Ok(())
 }
 
-fn write_folder(graph: &Graph, cfg: &IndexConfig, folder: &Path, seq: i64) -> Result<(), IndexError> {
+fn write_folder(graph: &Graph, cfg: &IndexConfig, folder: &Path, position: &StorePosition) -> Result<(), IndexError> {
     let (ids_bytes, live, allocated) = {
         let ids = graph.ids();
         (encode_ids(&ids), ids.len(), ids.allocated())
@@ -132,10 +179,10 @@ fn write_folder(graph: &Graph, cfg: &IndexConfig, folder: &Path, seq: i64) -> Re
             files.push(FileEntry { name: name.into(), bytes, checksum: format!("{sum:016x}") });
         }
     }
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
-        seq,
+        position: position.clone(),
         dim: cfg.dim,
         m: cfg.m,
         ef_construction: cfg.ef_construction,
@@ -143,14 +190,17 @@ fn write_folder(graph: &Graph, cfg: &IndexConfig, folder: &Path, seq: i64) -> Re
         points: points.max(allocated),
         live,
         files,
+        checksum: String::new(),
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| IndexError::io(folder, std::io::Error::other(e)))?;
+    let json_err = |e| IndexError::io(folder, std::io::Error::other(e));
+    manifest.checksum = manifest.own_checksum().map_err(json_err)?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(json_err)?;
     write_synced(&folder.join(MANIFEST), &json)?;
     sync_dir(folder)
 }
 
 /// Loads the snapshot `dir/index.current` points at: `Ok(None)` when there is none.
-pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, i64)>, IndexError> {
+pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, StorePosition)>, IndexError> {
     let start = Instant::now();
     let current = dir.join(CURRENT);
     let name = match fs::read_to_string(&current) {
@@ -164,8 +214,7 @@ pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, i64)>, Index
     let folder = dir.join(&name);
     let manifest_path = folder.join(MANIFEST);
     let manifest_bytes = fs::read(&manifest_path).map_err(|e| IndexError::io(&manifest_path, e))?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| IndexError::corrupt(&manifest_path, format!("manifest: {e}")))?;
+    let manifest = read_manifest(&manifest_bytes, &manifest_path)?;
     check_compatible(&manifest, cfg, &manifest_path)?;
     for f in &manifest.files {
         if f.name.contains(['/', '\\']) || f.name.contains("..") {
@@ -206,17 +255,39 @@ pub fn load(dir: &Path, cfg: &IndexConfig) -> Result<Option<(Graph, i64)>, Index
         return Err(IndexError::corrupt(&manifest_path, "graph files not listed"));
     };
     let (live, points, secs) = (manifest.live, manifest.points, start.elapsed().as_secs_f32());
-    tracing::info!(dir = %folder.display(), seq = manifest.seq, live, points, secs, "index snapshot loaded");
-    Ok(Some((graph, manifest.seq)))
+    tracing::info!(dir = %folder.display(), seq = manifest.position.seq, live, points, secs, "index snapshot loaded");
+    Ok(Some((graph, manifest.position)))
 }
 
-fn check_compatible(m: &Manifest, cfg: &IndexConfig, path: &Path) -> Result<(), IndexError> {
-    if m.format != FORMAT_NAME || m.format_version != FORMAT_VERSION {
+/// Parses the manifest: another format version is incompatible (checked first, so that an
+/// older layout reads as such), a checksum mismatch corrupt.
+fn read_manifest(bytes: &[u8], path: &Path) -> Result<Manifest, IndexError> {
+    #[derive(Deserialize)]
+    struct Header {
+        format: String,
+        format_version: u32,
+    }
+    let corrupt = |e: serde_json::Error| IndexError::corrupt(path, format!("manifest: {e}"));
+    let header: Header = serde_json::from_slice(bytes).map_err(corrupt)?;
+    if header.format != FORMAT_NAME || header.format_version != FORMAT_VERSION {
         return Err(IndexError::incompatible(
             path,
-            format!("format {} v{}, expected {FORMAT_NAME} v{FORMAT_VERSION}", m.format, m.format_version),
+            format!("format {} v{}, expected {FORMAT_NAME} v{FORMAT_VERSION}", header.format, header.format_version),
         ));
     }
+    let mut manifest: Manifest = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let expected = manifest.own_checksum().map_err(corrupt)?;
+    if manifest.checksum != expected {
+        return Err(IndexError::corrupt(
+            path,
+            format!("manifest checksum {:?}, its content gives {expected}", manifest.checksum),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The manifest's graph against `cfg` (its format version is checked on reading).
+fn check_compatible(m: &Manifest, cfg: &IndexConfig, path: &Path) -> Result<(), IndexError> {
     if m.distance != distance_name() {
         return Err(IndexError::incompatible(path, format!("distance {}, expected {}", m.distance, distance_name())));
     }
@@ -397,16 +468,23 @@ fn sync_dir(dir: &Path) -> Result<(), IndexError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| IndexError::io(dir, e))
 }
 
-/// Deletes snapshot folders other than `keep` (older snapshots, crashed saves). Best effort.
+/// Deletes snapshot folders other than `keep` (older snapshots, crashed saves) and the temp
+/// files of `index.current` a crash left behind (`index.tmp-<pid>`). Best effort.
 fn remove_stale(dir: &Path, keep: &str) {
     let Ok(entries) = fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with(PREFIX) && name != keep && entry.path().is_dir() {
-            if let Err(e) = fs::remove_dir_all(entry.path()) {
-                tracing::warn!(path = %entry.path().display(), error = %e, "could not remove old index snapshot");
-            }
+        let path = entry.path();
+        let removed = if name.starts_with(PREFIX) && name != keep && path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else if name.starts_with(CURRENT_TMP) && path.is_file() {
+            fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a stale index snapshot file");
         }
     }
 }
@@ -449,9 +527,9 @@ mod tests {
     fn round_trip_gives_identical_search_results() {
         let (index, ids, vectors) = sample();
         let dir = tempfile::tempdir().unwrap();
-        index.save_snapshot(dir.path(), 42).unwrap();
-        let (loaded, seq) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
-        assert_eq!(seq, 42);
+        index.save_snapshot(dir.path(), &StorePosition::at(42)).unwrap();
+        let (loaded, pos) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!(pos, StorePosition::at(42));
         assert_eq!((loaded.len(), loaded.tombstones()), (index.len(), index.tombstones()));
         assert_eq!(results(&loaded, &ids, &vectors), results(&index, &ids, &vectors));
         // The reloaded graph takes new points without id collisions.
@@ -463,9 +541,9 @@ mod tests {
         assert_eq!(hits.iter().filter(|h| h.id == ids[500]).count(), 1);
         assert!(hits.iter().all(|h| h.id != ids[0]), "removed before the save, stays removed");
         // A reloaded index saves and reloads again.
-        loaded.save_snapshot(dir.path(), 43).unwrap();
-        let (again, seq) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
-        assert_eq!(seq, 43);
+        loaded.save_snapshot(dir.path(), &StorePosition::at(43)).unwrap();
+        let (again, pos) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!(pos, StorePosition::at(43));
         assert_eq!(results(&again, &ids, &vectors), results(&loaded, &ids, &vectors));
     }
 
@@ -475,22 +553,22 @@ mod tests {
         assert!(NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().is_none());
         assert!(NoteIndex::load_snapshot(&dir.path().join("absent"), cfg()).unwrap().is_none());
         let empty = NoteIndex::new(cfg()).unwrap();
-        empty.save_snapshot(dir.path(), 0).unwrap();
-        let (loaded, seq) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
-        assert_eq!((loaded.len(), seq), (0, 0));
+        empty.save_snapshot(dir.path(), &StorePosition::at(0)).unwrap();
+        let (loaded, pos) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!((loaded.len(), pos), (0, StorePosition::at(0)));
     }
 
     #[test]
     fn a_new_save_replaces_the_old_one() {
         let (index, _, vectors) = sample();
         let dir = tempfile::tempdir().unwrap();
-        index.save_snapshot(dir.path(), 1).unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(1)).unwrap();
         let first = only_folder(dir.path());
         index.upsert(&NoteId::parse("later").unwrap(), &vectors[0]).unwrap();
-        index.save_snapshot(dir.path(), 2).unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(2)).unwrap();
         assert!(!first.exists(), "old snapshot folder removed");
-        let (loaded, seq) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
-        assert_eq!(seq, 2);
+        let (loaded, pos) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!(pos, StorePosition::at(2));
         assert!(loaded.contains(&NoteId::parse("later").unwrap()));
         let folders = fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.path().is_dir()).count();
         assert_eq!(folders, 1);
@@ -507,7 +585,7 @@ mod tests {
     fn corrupt_or_truncated_files_are_errors() {
         let (index, _, _) = sample();
         let dir = tempfile::tempdir().unwrap();
-        index.save_snapshot(dir.path(), 7).unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(7)).unwrap();
         let folder = only_folder(dir.path());
         let pristine: Vec<(PathBuf, Vec<u8>)> = [IDS, GRAPH_FILES[0], GRAPH_FILES[1], MANIFEST]
             .iter()
@@ -534,6 +612,16 @@ mod tests {
         fs::write(folder.join(MANIFEST), b"{ not json").unwrap();
         expect_corrupt(dir.path());
         restore();
+        // A hand-edited position (seq or witness) no longer matches the manifest's checksum.
+        let manifest = String::from_utf8(pristine[3].1.clone()).unwrap();
+        for edited in
+            [manifest.replacen("\"seq\": 7", "\"seq\": 70", 1), manifest.replacen("\"live\": ", "\"live\": 1", 1)]
+        {
+            assert_ne!(edited, manifest);
+            fs::write(folder.join(MANIFEST), edited).unwrap();
+            expect_corrupt(dir.path());
+        }
+        restore();
         fs::write(dir.path().join(CURRENT), "../elsewhere").unwrap();
         expect_corrupt(dir.path());
         fs::write(dir.path().join(CURRENT), "index-missing").unwrap();
@@ -541,10 +629,52 @@ mod tests {
     }
 
     #[test]
+    fn the_position_and_its_witness_round_trip() {
+        let (index, _, _) = sample();
+        let dir = tempfile::tempdir().unwrap();
+        let witness = Witness { note_id: NoteId::parse("n-17").unwrap(), seq: 40 };
+        let position = StorePosition { seq: 42, witness: Some(witness) };
+        index.save_snapshot(dir.path(), &position).unwrap();
+        let (_, loaded) = NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap();
+        assert_eq!(loaded, position);
+    }
+
+    #[test]
+    fn an_older_format_is_incompatible_not_corrupt() {
+        let (index, _, _) = sample();
+        let dir = tempfile::tempdir().unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(3)).unwrap();
+        let path = only_folder(dir.path()).join(MANIFEST);
+        let v1 = fs::read_to_string(&path).unwrap().replacen(
+            &format!("\"format_version\": {FORMAT_VERSION}"),
+            "\"format_version\": 1",
+            1,
+        );
+        fs::write(&path, v1).unwrap();
+        assert!(matches!(NoteIndex::load_snapshot(dir.path(), cfg()), Err(IndexError::Incompatible { .. })));
+    }
+
+    #[test]
+    fn a_save_removes_what_a_crashed_save_left() {
+        let (index, _, _) = sample();
+        let dir = tempfile::tempdir().unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(1)).unwrap();
+        // kill -9 between writing index.current's temp file and its rename, and mid-folder.
+        let stale_file = dir.path().join("index.tmp-999999");
+        let stale_folder = dir.path().join("index-2-999999-1.tmp");
+        fs::write(&stale_file, "index-2-999999-1").unwrap();
+        fs::create_dir(&stale_folder).unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(2)).unwrap();
+        assert!(!stale_file.exists() && !stale_folder.exists());
+        assert!(dir.path().join(CURRENT).exists());
+        assert_eq!(NoteIndex::load_snapshot(dir.path(), cfg()).unwrap().unwrap().1, StorePosition::at(2));
+    }
+
+    #[test]
     fn another_dim_or_graph_config_is_incompatible() {
         let (index, _, _) = sample();
         let dir = tempfile::tempdir().unwrap();
-        index.save_snapshot(dir.path(), 7).unwrap();
+        index.save_snapshot(dir.path(), &StorePosition::at(7)).unwrap();
         let other_dim = IndexConfig { dim: 32, ..cfg() };
         assert!(matches!(NoteIndex::load_snapshot(dir.path(), other_dim), Err(IndexError::Incompatible { .. })));
         let other_m = IndexConfig { m: 12, ..cfg() };

@@ -430,14 +430,39 @@ impl NoteLlmConfig {
     }
 }
 
+/// The most bytes a checkpoint's JSON file may hold: real ones are kilobytes (`notellm.json`
+/// with a hashtag vocabulary of thousands of tags well under 1 MiB), so anything near this is
+/// not a checkpoint file, and it is refused before it is read into memory.
+pub const MAX_JSON_BYTES: u64 = 16 << 20;
+
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    use std::io::Read;
+    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(io)?;
+    file.take(MAX_JSON_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+    if text.len() as u64 > MAX_JSON_BYTES {
+        return Err(ModelError::Json { path: path.to_owned(), msg: format!("larger than {MAX_JSON_BYTES} bytes") });
+    }
     serde_json::from_str(&text).map_err(|e| ModelError::Json { path: path.to_owned(), msg: e.to_string() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_json_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CONFIG_FILE);
+        let file = std::fs::File::create(&path).unwrap();
+        // Sparse: the size is there without writing it.
+        file.set_len(MAX_JSON_BYTES + 1).unwrap();
+        let err = read_json::<serde_json::Value>(&path).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+        std::fs::write(&path, b"{\"a\": 1}").unwrap();
+        assert_eq!(read_json::<serde_json::Value>(&path).unwrap()["a"], 1);
+    }
 
     fn raw(json: serde_json::Value) -> RawHfConfig {
         serde_json::from_value(json).unwrap()

@@ -442,7 +442,8 @@ impl App {
         }
     }
 
-    /// Readiness: the model thread runs, the index is restored and the store answers.
+    /// Readiness: the model thread runs, the index is restored and the store answered its last
+    /// health probe. Answers at once (no round trip).
     pub async fn readiness(&self) -> Result<(), String> {
         if !self.serving().batcher.is_alive() {
             return Err("the inference worker has stopped".into());
@@ -450,10 +451,23 @@ impl App {
         if !self.is_ready() {
             return Err("the index is being restored".into());
         }
-        self.store.ping().await.map_err(|e| {
-            self.metrics.store_errors.with_label_values(&["ping"]).inc();
-            format!("store unreachable: {e}")
-        })
+        match self.store.unreachable() {
+            Some(reason) => Err(format!("store unreachable: {reason}")),
+            None => Ok(()),
+        }
+    }
+
+    /// One health probe of the store (the server runs it every second): readiness and every
+    /// store operation fail fast while it fails (`Store::probe`).
+    pub async fn probe_store(&self, timeout: std::time::Duration) {
+        let up = match self.store.probe(timeout).await {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.store_errors.with_label_values(&["ping"]).inc();
+                false
+            }
+        };
+        self.metrics.store_up.set(i64::from(up));
     }
 
     fn after_write(&self) {
@@ -488,11 +502,12 @@ impl App {
             return Ok(false);
         }
         let _gate = self.gate.write().await;
-        let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        let position = self.store_position().await?;
+        let seq = position.seq;
         let serving = self.serving();
         let (index, dir) = (serving.index.clone(), serving.snapshot_dir.clone());
         let started = Instant::now();
-        tokio::task::spawn_blocking(move || index.save_snapshot(&dir, seq))
+        tokio::task::spawn_blocking(move || index.save_snapshot(&dir, &position))
             .await
             .map_err(|e| AppError::Internal(format!("snapshot task: {e}")))??;
         self.dirty.store(false, Ordering::SeqCst);

@@ -1,13 +1,19 @@
-//! Start-up: bring the index up to date with the store. Load the snapshot and replay the changes
-//! committed after its seq; when the snapshot is missing, corrupt, of another shape, or the
-//! changes it needs were purged, rebuild the index from a full scan of the store. Vectors of
-//! another model version never enter the index (they are counted and reported: `notellm reindex`).
+//! Start-up: bring the index up to date with the store. Load the snapshot, check that the store
+//! is the one it was taken from, and replay the changes committed after its seq; when the
+//! snapshot is missing, corrupt, of another shape, contradicted by the store, or the changes it
+//! needs were purged, rebuild the index from a full scan of the store. Vectors of another model
+//! version never enter the index (they are counted and reported: `notellm reindex`).
+//!
+//! A snapshot the store contradicts: its seq is ahead of the store's (the store was restored
+//! from a backup taken before the snapshot, or the manifest was edited), or the write its seq
+//! names is not in the store as it was (a backup restored and then written to again). Replaying
+//! from such a seq would skip changes for ever and keep serving notes the store no longer has.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{App, AppError};
-use crate::index::NoteIndex;
+use crate::index::{NoteIndex, StorePosition, Witness};
 use crate::note::NoteId;
 use crate::store::{Change, StoreError};
 
@@ -24,17 +30,14 @@ impl App {
             .await
             .map_err(|e| AppError::Internal(format!("snapshot load task: {e}")))?;
         let (index, changed) = match loaded {
-            Ok(Some((index, seq))) => {
-                tracing::info!(seq, notes = index.len(), "index snapshot loaded; replaying newer changes");
-                match self.replay(&index, seq).await {
-                    Ok(n) => (index, n > 0),
-                    Err(AppError::Store(StoreError::ChangesPurged { .. })) => {
-                        tracing::warn!("changes after the snapshot were purged; rebuilding from the store");
-                        (self.rebuild_from_store().await?, true)
-                    }
-                    Err(e) => return Err(e),
+            Ok(Some((index, position))) => match self.contradiction(&position).await? {
+                Some(reason) => {
+                    tracing::warn!(seq = position.seq, %reason, "the store contradicts the index snapshot; rebuilding from the store");
+                    self.metrics.snapshots_rejected.inc();
+                    (self.rebuild_from_store().await?, true)
                 }
-            }
+                None => self.replay_onto(index, position.seq).await?,
+            },
             Ok(None) => {
                 tracing::info!(dir = %serving.snapshot_dir.display(), "no index snapshot; building the index from the store");
                 (self.rebuild_from_store().await?, true)
@@ -52,6 +55,52 @@ impl App {
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(notes, secs = started.elapsed().as_secs_f64(), "index restored; ready");
         Ok(())
+    }
+
+    /// `Some(why)` when the store is not the one the snapshot at `position` was taken from
+    /// (see the module doc); `None` when it is consistent with it.
+    async fn contradiction(&self, position: &StorePosition) -> Result<Option<String>, AppError> {
+        let max = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        if position.seq > max {
+            return Ok(Some(format!(
+                "the snapshot holds changes up to seq {}, the store only up to {max}",
+                position.seq
+            )));
+        }
+        let Some(w) = &position.witness else { return Ok(None) };
+        let now = self.store.current_seq(&w.note_id).await.map_err(|e| self.store_err("get", e))?;
+        // The write the snapshot saw is still the note's latest, or a later write (after the
+        // snapshot's seq) superseded it; anything else is another history.
+        Ok(match now {
+            Some(seq) if seq == w.seq || seq > position.seq => None,
+            Some(seq) => Some(format!(
+                "note {} was written at seq {} when the snapshot was taken, the store has it at seq {seq}",
+                w.note_id, w.seq
+            )),
+            None => Some(format!("note {} (seq {}) is neither stored nor deleted in the store", w.note_id, w.seq)),
+        })
+    }
+
+    /// The store position the index holds every change of (called with the write gate shut):
+    /// the store's seq and its witness.
+    pub(super) async fn store_position(&self) -> Result<StorePosition, AppError> {
+        let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        let witness = self.store.witness(seq).await.map_err(|e| self.store_err("changes", e))?;
+        Ok(StorePosition { seq, witness: witness.map(|(note_id, seq)| Witness { note_id, seq }) })
+    }
+
+    /// The loaded snapshot brought up to date: the changes after `seq` replayed, or a rebuild
+    /// when they were purged. Returns the index and whether it differs from the snapshot.
+    async fn replay_onto(&self, index: NoteIndex, seq: i64) -> Result<(NoteIndex, bool), AppError> {
+        tracing::info!(seq, notes = index.len(), "index snapshot loaded; replaying newer changes");
+        match self.replay(&index, seq).await {
+            Ok(n) => Ok((index, n > 0)),
+            Err(AppError::Store(StoreError::ChangesPurged { .. })) => {
+                tracing::warn!("changes after the snapshot were purged; rebuilding from the store");
+                Ok((self.rebuild_from_store().await?, true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Applies every change after `seq` to `index`; returns how many were applied.

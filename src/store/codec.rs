@@ -57,6 +57,17 @@ pub(crate) fn time_from_micros(id: &str, us: i64) -> Result<SystemTime, StoreErr
     t.ok_or_else(|| StoreError::corrupt(id, format!("timestamp {us} out of range")))
 }
 
+/// The latest note row and the latest tombstone at or below a seq (`$1`); the later of the two
+/// is the store's witness of that position (`Store::witness`). Both use the unique seq indexes.
+pub(crate) const WITNESS: [&str; 2] = [
+    "SELECT note_id, seq FROM notes WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+    "SELECT note_id, seq FROM note_tombstones WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+];
+
+/// A note's row seq, then its tombstone's (`$1` the id): at most one of them exists.
+pub(crate) const CURRENT_SEQ: [&str; 2] =
+    ["SELECT seq FROM notes WHERE note_id = $1", "SELECT seq FROM note_tombstones WHERE note_id = $1"];
+
 pub(crate) fn parse_id(id: &str) -> Result<NoteId, StoreError> {
     NoteId::parse(id).map_err(|e| StoreError::corrupt(id, e.to_string()))
 }

@@ -27,6 +27,10 @@ pub enum StoreError {
     #[error("schema migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
+    /// The health probe finds the database unreachable: the operation was not tried.
+    #[error("the database is unreachable ({0}); not tried")]
+    Unreachable(String),
+
     /// A stored row cannot be decoded (wrong embedding length, non-finite values, bad JSON...).
     /// The row was written by something other than this store, or damaged.
     #[error("corrupt stored row for note {id:?}: {reason}")]
@@ -52,6 +56,7 @@ impl StoreError {
             StoreError::Config(_) => "config",
             StoreError::DataDir { .. } => "data_dir",
             StoreError::Db(_) => "db",
+            StoreError::Unreachable(_) => "unreachable",
             StoreError::Migrate(_) => "migrate",
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::ChangesPurged { .. } => "changes_purged",

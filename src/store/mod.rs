@@ -54,6 +54,7 @@ mod postgres;
 mod sqlite;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::note::{Embedding, ModelVersion, Note, NoteId};
@@ -64,6 +65,38 @@ pub use migrations::MigrationReport;
 
 use postgres::PgStore;
 use sqlite::{SqliteStore, SqliteTarget};
+
+/// What the last health probe found: `Some(reason)` while the database is unreachable.
+#[derive(Debug, Default)]
+struct Health {
+    down: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn down(&self) -> Option<String> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn fail_fast(&self) -> Result<()> {
+        match self.down() {
+            Some(reason) => Err(StoreError::Unreachable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, outcome: &Result<()>) {
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match (outcome, down.is_some()) {
+            (Ok(()), true) => tracing::info!("the store answers again"),
+            (Err(e), false) => tracing::error!(error = %e, "the store is unreachable; failing store operations fast"),
+            _ => {}
+        }
+        *down = outcome.as_ref().err().map(|e| match e {
+            StoreError::Unreachable(reason) => reason.clone(),
+            other => other.to_string(),
+        });
+    }
+}
 
 /// Results of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -93,7 +126,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 16,
             min_connections: 1,
-            acquire_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
             schema: None,
         }
@@ -184,6 +217,7 @@ impl Change {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
+    health: Arc<Health>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,8 +226,17 @@ enum Backend {
     Sqlite(SqliteStore),
 }
 
-/// Calls the same method on whichever backend is in use.
+/// Calls the same method on whichever backend is in use; fails fast, without waiting for a connection, while the
+/// health probe finds the database unreachable (see [`Store::probe`]).
 macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {{
+        $self.health.fail_fast()?;
+        dispatch_always!($self, $b => $call)
+    }};
+}
+
+/// [`dispatch`] without the fail-fast check (the probe itself, closing).
+macro_rules! dispatch_always {
     ($self:ident, $b:ident => $call:expr) => {
         match &$self.backend {
             Backend::Postgres($b) => $call,
@@ -263,7 +306,7 @@ impl Store {
                 (Backend::Sqlite(s), r)
             }
         };
-        let store = Store { backend };
+        let store = Store { backend, health: Arc::default() };
         tracing::info!(backend = store.backend(), schema_version = report.latest, "store connected");
         Ok((store, report))
     }
@@ -276,14 +319,32 @@ impl Store {
         }
     }
 
-    /// A round trip to the database (readiness).
+    /// A round trip to the database.
     pub async fn ping(&self) -> Result<()> {
-        dispatch!(self, b => b.ping().await)
+        dispatch_always!(self, b => b.ping().await)
+    }
+
+    /// The health probe: a round trip within `timeout`. While one fails, every other operation
+    /// of this store (and its clones) fails at once with [`StoreError::Unreachable`] instead of
+    /// waiting for a connection; the first that succeeds lifts that. Run by the service on an
+    /// interval; offline commands never probe, so they never fail fast.
+    pub async fn probe(&self, timeout: Duration) -> Result<()> {
+        let outcome = match tokio::time::timeout(timeout, self.ping()).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unreachable(format!("no answer to a ping within {timeout:?}"))),
+        };
+        self.health.record(&outcome);
+        outcome
+    }
+
+    /// `Some(reason)` while the last probe failed.
+    pub fn unreachable(&self) -> Option<String> {
+        self.health.down()
     }
 
     /// Closes the pools, waiting for checked-out connections to come back (graceful shutdown).
     pub async fn close(&self) {
-        dispatch!(self, b => b.close().await)
+        dispatch_always!(self, b => b.close().await)
     }
 
     /// The stored content hash of a note, to skip re-embedding an unchanged re-PUT.
@@ -347,6 +408,18 @@ impl Store {
     /// The seq of the latest committed change (0 for an empty store).
     pub async fn max_seq(&self) -> Result<i64> {
         dispatch!(self, b => b.max_seq().await)
+    }
+
+    /// The latest write (a note row or a tombstone) with a seq at or below `at`, as
+    /// `(note id, seq)`: the witness an index snapshot records of the store position it holds.
+    pub async fn witness(&self, at: i64) -> Result<Option<(NoteId, i64)>> {
+        dispatch!(self, b => b.witness(at).await)
+    }
+
+    /// The seq of `id`'s latest write: its row's, or its tombstone's; `None` when the store has
+    /// neither (never written, or the tombstone was purged).
+    pub async fn current_seq(&self, id: &NoteId) -> Result<Option<i64>> {
+        dispatch!(self, b => b.current_seq(id).await)
     }
 
     /// Number of live notes.
@@ -424,6 +497,11 @@ mod tests {
         tokio::spawn(async move { s.count().await.map(|_| ()) });
         let s = store.clone();
         tokio::spawn(async move { s.max_seq().await.map(|_| ()) });
+        let s = store.clone();
+        tokio::spawn(async move { s.witness(1).await.map(|_| ()) });
+        let s = store.clone();
+        let i = id.clone();
+        tokio::spawn(async move { s.current_seq(&i).await.map(|_| ()) });
         let s = store.clone();
         tokio::spawn(async move { s.purge_tombstones(Duration::ZERO).await.map(|_| ()) });
         let s = store.clone();

@@ -237,6 +237,25 @@ impl SqliteStore {
         Ok(sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1").fetch_one(&self.reader).await?)
     }
 
+    pub(crate) async fn witness(&self, at: i64) -> Result<Option<(NoteId, i64)>> {
+        let mut latest: Option<(String, i64)> = None;
+        for sql in codec::WITNESS {
+            let row: Option<(String, i64)> = sqlx::query_as(sql).bind(at).fetch_optional(&self.reader).await?;
+            latest = latest.into_iter().chain(row).max_by_key(|(_, seq)| *seq);
+        }
+        latest.map(|(id, seq)| Ok((codec::parse_id(&id)?, seq))).transpose()
+    }
+
+    pub(crate) async fn current_seq(&self, id: &NoteId) -> Result<Option<i64>> {
+        for sql in codec::CURRENT_SEQ {
+            let seq: Option<i64> = sqlx::query_scalar(sql).bind(id.as_str()).fetch_optional(&self.reader).await?;
+            if seq.is_some() {
+                return Ok(seq);
+            }
+        }
+        Ok(None)
+    }
+
     pub(crate) async fn count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&self.reader).await?;
         Ok(u64::try_from(n).unwrap_or(0))

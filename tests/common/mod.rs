@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use notellm::model::config::Family;
 use notellm::model::init::{init_model, InitOptions, Preset};
@@ -120,4 +123,81 @@ pub fn synthetic_dataset(dir: &Path, n: usize) -> PathBuf {
     }
     write_lines(&dir.join(CATEGORIES_FILE), by_cat.keys()).unwrap();
     dir.to_owned()
+}
+
+/// A `notellm serve` child process (the real binary) and its base URL.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+/// A failed assertion must not leave a server running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn spawn(model: &Path, data: &Path, db: &[(&str, String)]) -> Proc {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_notellm"))
+        .args(["serve", "--device", "cpu", "--listen", &format!("127.0.0.1:{port}")])
+        .env("NOTELLM_MODEL", model)
+        .env("NOTELLM_DATA_DIR", data)
+        .env("NOTELLM_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .envs(db.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Proc { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+pub async fn wait_ready(p: &mut Proc, http: &reqwest::Client) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{}/readyz", p.base)).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("server exited early: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server not ready in time");
+}
+
+/// `TEST_DATABASE_URL` (or the local default) when Postgres answers; `None` (skip) when it does
+/// not, unless `CI` is set, where that is a failure.
+pub async fn postgres_url() -> Option<String> {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
+    match sqlx::PgPool::connect(&url).await {
+        Ok(p) => {
+            p.close().await;
+            Some(url)
+        }
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but Postgres at {url} is unreachable: {e}"),
+        Err(e) => {
+            eprintln!("skipping: Postgres unreachable ({e}); set TEST_DATABASE_URL");
+            None
+        }
+    }
+}
+
+pub async fn drop_schema(url: &str, schema: &str) {
+    if let Ok(p) = sqlx::PgPool::connect(url).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&p).await;
+        p.close().await;
+    }
 }
