@@ -208,7 +208,8 @@ fn load_notes(model: &NoteLlm) -> Vec<Vec<u32>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let line = notellm::jsonl::parse_line(l, i + 1).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let line = notellm::jsonl::parse_line(l, i + 1, &notellm::note::NoteLimits::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             model.embedding_ids(&line.note).unwrap_or_else(|e| panic!("{}: {}: {e}", path.display(), line.note_id))
         })
         .collect();

@@ -204,8 +204,11 @@ impl PipelineArgs {
             limits: crate::service::ServiceLimits {
                 max_k: self.max_k,
                 max_notes_per_batch: self.max_notes_per_batch,
-                max_title_chars: self.max_title_chars,
-                max_content_chars: self.max_content_chars,
+                note: crate::note::NoteLimits {
+                    max_title_chars: self.max_title_chars,
+                    max_content_chars: self.max_content_chars,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             hnsw_m: self.hnsw_m,

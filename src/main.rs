@@ -72,7 +72,8 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Ingest(a) => runtime()?.block_on(async {
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
-            let total = std::io::BufRead::lines(std::io::BufReader::new(&file)).count() as u64;
+            let total = notellm::jsonl::count_lines(std::io::BufReader::new(&file))
+                .with_context(|| format!("reading {}", a.file.display()))?;
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
             let app = server::build(&a.pipeline.service_config()?).await?;
             app.restore().await?;

@@ -15,6 +15,14 @@ pub enum NoteError {
     BadId(String),
     #[error("note has neither a title nor content")]
     Empty,
+    #[error("{field} is over {max} characters")]
+    TooLong { field: &'static str, max: usize },
+    #[error("more than {0} hashtags")]
+    TooManyHashtags(usize),
+    #[error("hashtag {tag:?} is empty or over {max} characters")]
+    BadHashtag { tag: String, max: usize },
+    #[error("category is empty or over {0} characters")]
+    BadCategory(usize),
     #[error("embedding is empty or not finite")]
     BadEmbedding,
 }
@@ -78,7 +86,60 @@ pub struct Note {
     pub category: Option<String>,
 }
 
+/// Bounds on a note's fields: one check for every way a note comes in (`PUT /notes`, the batch,
+/// `notellm ingest`, `notellm embed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoteLimits {
+    pub max_title_chars: usize,
+    pub max_content_chars: usize,
+    pub max_hashtags: usize,
+    /// Also the bound of the category.
+    pub max_hashtag_chars: usize,
+}
+
+impl Default for NoteLimits {
+    fn default() -> Self {
+        Self { max_title_chars: 1_000, max_content_chars: 20_000, max_hashtags: 50, max_hashtag_chars: 100 }
+    }
+}
+
+impl NoteLimits {
+    /// The most bytes a JSON line holding a note within these limits can take: every character
+    /// escaped (`\uXXXX`), plus room for the id, the keys and the punctuation. Readers refuse a
+    /// longer line before parsing it.
+    pub fn max_json_bytes(&self) -> usize {
+        let chars = self.max_title_chars
+            + self.max_content_chars
+            + (self.max_hashtags + 1) * self.max_hashtag_chars
+            + self.max_hashtags * 4;
+        chars.saturating_mul(6).saturating_add(64 << 10)
+    }
+}
+
 impl Note {
+    /// [`validate`](Self::validate) and the field bounds of `limits`.
+    pub fn check(&self, limits: &NoteLimits) -> Result<(), NoteError> {
+        let chars = |s: &str| s.chars().count();
+        if chars(&self.title) > limits.max_title_chars {
+            return Err(NoteError::TooLong { field: "title", max: limits.max_title_chars });
+        }
+        if chars(&self.content) > limits.max_content_chars {
+            return Err(NoteError::TooLong { field: "content", max: limits.max_content_chars });
+        }
+        if self.hashtags.len() > limits.max_hashtags {
+            return Err(NoteError::TooManyHashtags(limits.max_hashtags));
+        }
+        let max = limits.max_hashtag_chars;
+        if let Some(h) = self.hashtags.iter().find(|h| h.trim().is_empty() || chars(h) > max) {
+            // The message quotes at most the bound (plus a little) of a hashtag, never all of it.
+            return Err(NoteError::BadHashtag { tag: h.chars().take(max + 8).collect(), max });
+        }
+        if self.category.as_ref().is_some_and(|c| c.trim().is_empty() || chars(c) > max) {
+            return Err(NoteError::BadCategory(max));
+        }
+        self.validate()
+    }
+
     /// A note must carry some text to be embedded.
     pub fn validate(&self) -> Result<(), NoteError> {
         if self.title.trim().is_empty() && self.content.trim().is_empty() {
@@ -173,6 +234,32 @@ mod tests {
     }
 
     #[test]
+    fn limits_bound_every_field() {
+        let l = NoteLimits { max_title_chars: 5, max_content_chars: 8, max_hashtags: 2, max_hashtag_chars: 4 };
+        let ok = Note {
+            title: "héllo".into(),
+            content: "12345678".into(),
+            hashtags: vec!["ab".into()],
+            category: Some("c".into()),
+        };
+        assert_eq!(ok.check(&l), Ok(()));
+        let with = |f: &dyn Fn(&mut Note)| {
+            let mut n = ok.clone();
+            f(&mut n);
+            n.check(&l).unwrap_err().to_string()
+        };
+        assert_eq!(with(&|n| n.title.push('x')), "title is over 5 characters");
+        assert_eq!(with(&|n| n.content.push('x')), "content is over 8 characters");
+        assert_eq!(with(&|n| n.hashtags = vec!["a".into(); 3]), "more than 2 hashtags");
+        assert!(with(&|n| n.hashtags = vec![" ".into()]).starts_with("hashtag \" \" is empty"));
+        let long = with(&|n| n.hashtags = vec!["x".repeat(10_000)]);
+        assert!(long.len() < 100, "the message quotes the whole hashtag: {} bytes", long.len());
+        assert_eq!(with(&|n| n.category = Some("toolong".into())), "category is empty or over 4 characters");
+        assert_eq!(with(&|n| *n = Note::default()), NoteError::Empty.to_string());
+        assert!(NoteLimits::default().max_json_bytes() < 1 << 20);
+    }
+
+    #[test]
     fn empty_note_rejected() {
         assert_eq!(Note::default().validate(), Err(NoteError::Empty));
         let n = Note { title: "t".into(), ..Default::default() };
@@ -200,7 +287,17 @@ mod tests {
     proptest! {
         #[test]
         fn id_parse_accepts_exactly_the_grammar(s in "\\PC{0,140}") {
-            let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+            let ok = !s.is_empty()
+                && s.len() <= 128
+                && s != "."
+                && s != ".."
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+            prop_assert_eq!(NoteId::parse(&s).is_ok(), ok);
+        }
+
+        #[test]
+        fn short_dot_ids_follow_the_grammar_too(s in "[.a/]{0,3}") {
+            let ok = !s.is_empty() && s != "." && s != ".." && !s.contains('/');
             prop_assert_eq!(NoteId::parse(&s).is_ok(), ok);
         }
     }

@@ -1,5 +1,5 @@
-//! The `notellm` binary end to end: `model init`, `embed` (including malformed input under both
-//! `--on-error` policies), `suggest`, and flags given as NOTELLM_* environment variables.
+//! The `notellm` binary end to end: `model init`, `embed` and `ingest` (including malformed input
+//! under both `--on-error` policies), `suggest`, and flags given as NOTELLM_* environment variables.
 
 mod common;
 
@@ -125,4 +125,48 @@ fn clear_errors() {
     let o = notellm(&["embed", "--model", &model, "--batch-size", "0"], "", &[]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("batch-size"));
+}
+
+/// `notellm ingest` holds every line to what `PUT /notes` accepts: a 20 MiB title, 500,000
+/// hashtags, an unknown field, a line that is not UTF-8 and an over-long title are each reported
+/// and skipped (`--on-error skip`) or stop the run naming the line (`reject`); nothing else is
+/// written.
+#[test]
+fn ingest_applies_the_limits_of_put_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = init(dir.path());
+    let file = dir.path().join("notes.jsonl");
+    // Lines 2 and 3 are longer than any note within the limits can be: refused unparsed.
+    let mut lines: Vec<Vec<u8>> = vec![
+        br#"{"note_id":"ok-1","title":"a good note","content":"with text"}"#.to_vec(),
+        format!(r#"{{"note_id":"huge","title":"{}"}}"#, "x".repeat(20 << 20)).into_bytes(),
+        format!(r#"{{"note_id":"tags","title":"t","hashtags":[{}]}}"#, vec![r#""h""#; 500_000].join(",")).into_bytes(),
+        br#"{"note_id":"typo","title":"t","catgory":"travel"}"#.to_vec(),
+        b"{\"note_id\":\"latin1\",\"title\":\"caf\xe9\"}".to_vec(),
+        format!(r#"{{"note_id":"long","title":"{}"}}"#, "y".repeat(1_001)).into_bytes(),
+        br#"{"note_id":"ok-2","title":"another good note"}"#.to_vec(),
+    ];
+    lines.push(Vec::new());
+    std::fs::write(&file, lines.join(&b'\n')).unwrap();
+    let run = |policy: &str| {
+        let data = tempfile::tempdir_in(dir.path()).unwrap();
+        let args = ["ingest", file.to_str().unwrap(), "--model", &model, "--on-error", policy];
+        let o = notellm(&args, "", &[("NOTELLM_DATA_DIR", data.path().to_str().unwrap())]);
+        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (ok, err) = run("skip");
+    assert!(ok, "{err}");
+    assert!(err.contains("2 created, 0 updated, 0 unchanged, 5 malformed lines skipped"), "{err}");
+    for (line, why) in [
+        (2, "longer than"),
+        (3, "longer than"),
+        (4, "unknown field `catgory`"),
+        (5, "not UTF-8"),
+        (6, "title is over 1000 characters"),
+    ] {
+        assert!(err.contains(&format!("line {line}: ")) && err.contains(why), "line {line} ({why}): {err}");
+    }
+    let (ok, err) = run("reject");
+    assert!(!ok);
+    assert!(err.contains("line 2: longer than"), "{err}");
 }

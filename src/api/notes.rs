@@ -29,28 +29,10 @@ pub fn parse_id(raw: &str) -> Result<NoteId, ApiError> {
     NoteId::parse(raw).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_note_id", e.to_string()))
 }
 
-/// Checks a note's fields against the limits; the one place request notes are validated.
+/// Checks a note's fields against the limits ([`Note::check`], as the offline commands do).
 pub fn validate(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
-    let chars = |s: &str| s.chars().count();
-    if chars(&body.title) > l.max_title_chars {
-        return Err(ApiError::invalid(format!("title is over {} characters", l.max_title_chars)));
-    }
-    if chars(&body.content) > l.max_content_chars {
-        return Err(ApiError::invalid(format!("content is over {} characters", l.max_content_chars)));
-    }
-    if body.hashtags.len() > l.max_hashtags {
-        return Err(ApiError::invalid(format!("more than {} hashtags", l.max_hashtags)));
-    }
-    if let Some(h) = body.hashtags.iter().find(|h| h.trim().is_empty() || chars(h) > l.max_hashtag_chars) {
-        return Err(ApiError::invalid(format!("hashtag {h:?} is empty or over {} characters", l.max_hashtag_chars)));
-    }
-    if let Some(c) = &body.category {
-        if c.trim().is_empty() || chars(c) > l.max_hashtag_chars {
-            return Err(ApiError::invalid(format!("category is empty or over {} characters", l.max_hashtag_chars)));
-        }
-    }
     let note = Note { title: body.title, content: body.content, hashtags: body.hashtags, category: body.category };
-    note.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
+    note.check(&l.note).map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(note)
 }
 

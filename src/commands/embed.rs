@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::jsonl::{LineError, NoteReader, OnError};
 use crate::model::{ModelError, NoteLlm};
-use crate::note::NoteId;
+use crate::note::{NoteId, NoteLimits};
 
 /// Batches per sorting window.
 const WINDOW_BATCHES: usize = 8;
@@ -49,7 +49,8 @@ pub fn run<R: BufRead, W: Write>(
     if batch_size == 0 {
         return Err(EmbedError::BatchSize);
     }
-    let mut reader = NoteReader::new(input, policy);
+    // `notellm serve`'s default note limits: what the service would accept.
+    let mut reader = NoteReader::new(input, policy, NoteLimits::default());
     let mut embedded = 0;
     let started = Instant::now();
     let mut report_skip = |e: &LineError| {

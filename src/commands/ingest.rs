@@ -37,7 +37,8 @@ pub async fn run<R: BufRead>(
     if chunk == 0 {
         return Err(IngestError::Chunk);
     }
-    let mut reader = NoteReader::new(input, policy);
+    // The notes of `PUT /notes`' limits, no others.
+    let mut reader = NoteReader::new(input, policy, app.limits.note);
     let mut report = IngestReport::default();
     let mut report_skip = |e: &LineError| progress.suspend(|| tracing::warn!("skipped {e}"));
     loop {

@@ -43,7 +43,7 @@ pub use suggest::{
 
 use crate::index::{Hit, NoteIndex};
 use crate::metrics::Metrics;
-use crate::note::{Embedding, ModelVersion, Note, NoteId};
+use crate::note::{Embedding, ModelVersion, Note, NoteId, NoteLimits};
 use crate::store::{content_hash, NoteWrite, Store, StoredNote};
 
 const STRIPES: usize = 64;
@@ -55,24 +55,14 @@ pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
 pub struct ServiceLimits {
     pub max_k: usize,
     pub max_notes_per_batch: usize,
-    pub max_title_chars: usize,
-    pub max_content_chars: usize,
-    pub max_hashtags: usize,
-    pub max_hashtag_chars: usize,
+    /// The bounds of every note written (HTTP and `notellm ingest`).
+    pub note: NoteLimits,
     pub max_suggest_hashtags: usize,
 }
 
 impl Default for ServiceLimits {
     fn default() -> Self {
-        Self {
-            max_k: 1000,
-            max_notes_per_batch: 256,
-            max_title_chars: 1_000,
-            max_content_chars: 20_000,
-            max_hashtags: 50,
-            max_hashtag_chars: 100,
-            max_suggest_hashtags: 10,
-        }
+        Self { max_k: 1000, max_notes_per_batch: 256, note: NoteLimits::default(), max_suggest_hashtags: 10 }
     }
 }
 
