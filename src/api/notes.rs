@@ -1,6 +1,6 @@
 //! `PUT/GET/DELETE /notes/{note_id}` and `POST /notes:batch`.
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,6 +29,25 @@ pub fn parse_id(raw: &str) -> Result<NoteId, ApiError> {
     NoteId::parse(raw).map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_note_id", e.to_string()))
 }
 
+/// The `{note_id}` of a route as a [`NoteId`]; a segment that does not percent-decode to UTF-8
+/// is an invalid id like any other (a JSON 422, not axum's plain-text 400).
+pub struct IdPath(pub NoteId);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(raw)) => parse_id(&raw).map(IdPath),
+            Err(e) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_note_id",
+                format!("the note id in the path is not a valid id: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// Checks a note's fields against the limits ([`Note::check`], as the offline commands do).
 pub fn validate(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
     let note = Note { title: body.title, content: body.content, hashtags: body.hashtags, category: body.category };
@@ -39,10 +58,9 @@ pub fn validate(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
 pub async fn put_note(
     State(s): State<AppState>,
     _auth: WriteAuth,
-    Path(raw): Path<String>,
+    IdPath(id): IdPath,
     ApiJson(body): ApiJson<NoteBody>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
     let note = validate(body, &s.app.limits)?;
     Ok(s.app.put_note(id, note).await?.into_response())
 }
@@ -59,8 +77,7 @@ struct NoteView {
     updated_at_unix: u64,
 }
 
-pub async fn get_note(State(s): State<AppState>, Path(raw): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = parse_id(&raw)?;
+pub async fn get_note(State(s): State<AppState>, IdPath(id): IdPath) -> Result<Json<serde_json::Value>, ApiError> {
     let n = s.app.get_note(&id).await?;
     let updated = n.updated_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let view = NoteView {
@@ -79,9 +96,8 @@ pub async fn get_note(State(s): State<AppState>, Path(raw): Path<String>) -> Res
 pub async fn delete_note(
     State(s): State<AppState>,
     _auth: WriteAuth,
-    Path(raw): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&raw)?;
     s.app.delete_note(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

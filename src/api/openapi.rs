@@ -31,17 +31,21 @@ pub fn document() -> Value {
                     "requestBody": body("NoteBody"),
                     "responses": { "201": ok("created", "PutOutcome"), "200": ok("updated or unchanged", "PutOutcome"),
                         "400": err("malformed JSON"), "401": err("missing or wrong API key"), "413": err("body too large"),
-                        "422": err("invalid fields or note id"), "503": err("queue full or not ready (Retry-After)") } },
+                        "415": err("not application/json"), "422": err("invalid fields or note id"),
+                        "503": err("queue full, not ready or store unreachable (Retry-After)") } },
                 "get": { "summary": "A stored note", "parameters": [id],
-                    "responses": { "200": ok("the note", "StoredNote"), "404": err("unknown note"), "422": err("bad note id") } },
+                    "responses": { "200": ok("the note", "StoredNote"), "404": err("unknown note"), "422": err("bad note id"),
+                        "503": err("store unreachable (Retry-After)") } },
                 "delete": { "summary": "Delete a note; it leaves every later /related answer at once", "security": auth, "parameters": [id],
-                    "responses": { "204": { "description": "deleted" }, "401": err("missing or wrong API key"), "404": err("unknown note") } }
+                    "responses": { "204": { "description": "deleted" }, "401": err("missing or wrong API key"), "404": err("unknown note"),
+                        "422": err("bad note id"), "503": err("not ready or store unreachable (Retry-After)") } }
             },
             "/notes:batch": {
                 "post": { "summary": "Up to the configured number of notes, with per-note results", "security": auth,
                     "requestBody": body("BatchBody"),
-                    "responses": { "200": ok("per-note results in input order", "BatchResults"), "401": err("missing or wrong API key"),
-                        "413": err("body too large"), "422": err("empty or oversized batch") } }
+                    "responses": { "200": ok("per-note results in input order", "BatchResults"), "400": err("malformed JSON"),
+                        "401": err("missing or wrong API key"), "413": err("body too large"), "415": err("not application/json"),
+                        "422": err("empty or oversized batch"), "503": err("queue full, not ready or store unreachable (Retry-After)") } }
             },
             "/related/{note_id}": {
                 "get": { "summary": "Top-k related notes of a stored note (never itself or a deleted note)",

@@ -1,38 +1,39 @@
 //! `GET /related/{note_id}?k=` (the feed backend's hot path: no model, one index search) and
 //! `POST /related` for an unsaved draft (cold start; nothing is stored).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::notes::{parse_id, validate, NoteBody};
+use super::notes::{validate, IdPath, NoteBody};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use crate::service::Related;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KQuery {
-    k: Option<usize>,
+    /// Signed, so that an integer out of range (`k=-1`, `k=0`) is a 422 like any other, and only
+    /// a value that is not an integer is a malformed query (400).
+    k: Option<i64>,
 }
 
-fn check_k(k: Option<usize>, s: &AppState) -> Result<usize, ApiError> {
-    let k = k.unwrap_or(s.http.default_k);
+fn check_k(k: Option<i64>, s: &AppState) -> Result<usize, ApiError> {
     let max = s.app.limits.max_k;
-    if k == 0 || k > max {
-        return Err(ApiError::invalid(format!("k must be between 1 and {max}, got {k}")));
+    let Some(k) = k else { return Ok(s.http.default_k) };
+    match usize::try_from(k) {
+        Ok(k) if (1..=max).contains(&k) => Ok(k),
+        _ => Err(ApiError::invalid(format!("k must be between 1 and {max}, got {k}"))),
     }
-    Ok(k)
 }
 
 /// The body comes ready-serialized from the service (often from its answer cache).
 pub async fn related(
     State(s): State<AppState>,
-    Path(raw): Path<String>,
+    IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<KQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&raw)?;
     let k = check_k(q.k, &s)?;
     let body = s.app.related_json(id, k).await?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
@@ -49,9 +50,7 @@ pub async fn related_draft(
     };
     let k = match obj.remove("k") {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => {
-            Some(serde_json::from_value::<usize>(v).map_err(|_| ApiError::invalid("k must be a positive integer"))?)
-        }
+        Some(v) => Some(serde_json::from_value::<i64>(v).map_err(|_| ApiError::invalid("k must be an integer"))?),
     };
     let note: NoteBody =
         serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| ApiError::invalid(e.to_string()))?;
