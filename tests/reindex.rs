@@ -531,6 +531,13 @@ async fn reindex_failures(backend: Backend) {
     let (st, v) = admin(&s, reqwest::Method::POST, Some(post(broken.display().to_string(), None))).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("notellm.json"), "{v}");
+    // Named as the client named it: the server's resolved path stays in the server.
+    let link = dir.path().join("link-to-a-checkpoint");
+    std::os::unix::fs::symlink(&broken, &link).unwrap();
+    let (st, v) = admin(&s, reqwest::Method::POST, Some(post(link.display().to_string(), None))).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("link-to-a-checkpoint") && !message.contains("broken"), "{v}");
     let (st, v) = admin(&s, reqwest::Method::POST, Some(post(model_a.display().to_string(), None))).await;
     assert_eq!((st, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_serving")), "{v}");
     let (st, v) = admin(&s, reqwest::Method::POST, Some(post(model_b.display().to_string(), Some(0)))).await;

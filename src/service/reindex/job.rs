@@ -162,7 +162,7 @@ impl Job {
         self.update(|s| {
             s.state = state;
             s.elapsed_secs = secs;
-            s.error = err.map(ToString::to_string);
+            s.error = err.map(ReindexError::public_message);
         });
         self.metrics.reindex_runs.with_label_values(&[state.as_str()]).inc();
         self.metrics.reindex_duration.observe(secs);

@@ -88,6 +88,23 @@ pub enum ReindexError {
     Internal(String),
 }
 
+impl ReindexError {
+    /// What a client of `/admin/reindex` is told: the error itself when it is about the request
+    /// or the checkpoint it named, a pointer to the log when it is the server's own failure
+    /// (store, index, embedding, internal), whose text holds server paths and process ids.
+    pub fn public_message(&self) -> String {
+        match self {
+            ReindexError::Store(_)
+            | ReindexError::Index(_)
+            | ReindexError::Embed { .. }
+            | ReindexError::Internal(_) => {
+                "the re-index failed on the server's side; its log has the details (\"re-index failed\")".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl App {
     /// Checks the request and the checkpoint's files, then starts the job in the background.
     /// The answer is the job's first status; [`App::reindex_status`] follows it.
@@ -98,15 +115,23 @@ impl App {
         if req.batch_notes == 0 || req.batch_notes > MAX_BATCH_NOTES {
             return Err(ReindexError::BadBatch(req.batch_notes));
         }
-        let bad = |reason: String| ReindexError::BadModel { path: req.model_dir.display().to_string(), reason };
+        let given = req.model_dir.display().to_string();
         let dir = req.model_dir.clone();
         let files = tokio::task::spawn_blocking(move || {
-            let dir = std::fs::canonicalize(&dir).map_err(|e| ModelError::Io { path: dir.clone(), source: e })?;
-            CheckpointFiles::open(&dir)
+            let canonical =
+                std::fs::canonicalize(&dir).map_err(|e| (None, ModelError::Io { path: dir.clone(), source: e }))?;
+            CheckpointFiles::open(&canonical).map_err(|e| (Some(canonical), e))
         })
         .await
         .map_err(|e| ReindexError::Internal(format!("checkpoint check task: {e}")))?
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|(canonical, e)| {
+            // Name the checkpoint as the client did, not as the server resolved it.
+            let mut reason = e.to_string();
+            if let Some(c) = canonical {
+                reason = reason.replace(&c.display().to_string(), &given);
+            }
+            ReindexError::BadModel { path: given.clone(), reason }
+        })?;
         let from = self.model_version();
         let to = crate::note::ModelVersion(files.notellm.model_version.clone());
         if to == from {
@@ -138,5 +163,27 @@ impl App {
             }
             _ => Err(ReindexError::NotRunning),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_side_failures_do_not_reach_the_client() {
+        let path = "/var/lib/notellm/index/v2/index-12-4242-99.tmp";
+        let index = ReindexError::Index(IndexError::io(path, std::io::Error::other("permission denied")));
+        assert!(index.to_string().contains("4242"), "the log keeps the details");
+        for e in [
+            index,
+            ReindexError::Internal(format!("task {path}")),
+            ReindexError::Embed { id: "n1".into(), reason: path.into() },
+        ] {
+            let public = e.public_message();
+            assert!(!public.contains("4242") && !public.contains("/var/lib"), "{public}");
+        }
+        let bad = ReindexError::BadModel { path: "models/v2".into(), reason: "config.json missing".into() };
+        assert_eq!(bad.public_message(), bad.to_string(), "a problem with the request is the client's to see");
     }
 }
