@@ -86,6 +86,11 @@ impl From<AppError> for ApiError {
                 tracing::error!(alert = true, error = %e, "corrupt data in the store");
                 ApiError::internal()
             }
+            AppError::Store(e) if e.is_storage_full() => {
+                tracing::error!(alert = true, error = %e, "the store is out of space; writes fail until space is freed");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the store is out of space")
+                    .retry(30)
+            }
             AppError::Store(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable").retry(5)
             }

@@ -32,7 +32,8 @@ pub fn document() -> Value {
                     "responses": { "201": ok("created", "PutOutcome"), "200": ok("updated or unchanged", "PutOutcome"),
                         "400": err("malformed JSON"), "401": err("missing or wrong API key"), "413": err("body too large"),
                         "415": err("not application/json"), "422": err("invalid fields or note id"),
-                        "503": err("queue full, not ready or store unreachable (Retry-After)") } },
+                        "503": err("queue full, not ready or store unreachable (Retry-After)"),
+                        "507": err("the store is out of space (Retry-After)") } },
                 "get": { "summary": "A stored note", "parameters": [id],
                     "responses": { "200": ok("the note", "StoredNote"), "404": err("unknown note"), "422": err("bad note id"),
                         "503": err("store unreachable (Retry-After)") } },
@@ -45,7 +46,8 @@ pub fn document() -> Value {
                     "requestBody": body("BatchBody"),
                     "responses": { "200": ok("per-note results in input order", "BatchResults"), "400": err("malformed JSON"),
                         "401": err("missing or wrong API key"), "413": err("body too large"), "415": err("not application/json"),
-                        "422": err("empty or oversized batch"), "503": err("queue full, not ready or store unreachable (Retry-After)") } }
+                        "422": err("empty or oversized batch"), "503": err("queue full, not ready or store unreachable (Retry-After)"),
+                        "507": err("the store is out of space (Retry-After)") } }
             },
             "/related/{note_id}": {
                 "get": { "summary": "Top-k related notes of a stored note (never itself or a deleted note)",

@@ -64,6 +64,15 @@ impl StoreError {
         }
     }
 
+    /// The database is out of space: SQLite's `SQLITE_FULL` ("database or disk is full") or
+    /// Postgres' `disk_full` (SQLSTATE 53100). Not retryable at once; space must be freed.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("13" | "53100")),
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(id: &str, reason: impl Into<String>) -> Self {
         StoreError::Corrupt { id: id.to_owned(), reason: reason.into() }
     }

@@ -108,6 +108,7 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(opts.acquire_timeout)
+            .after_release(|conn, _| Box::pin(discard_if_stuck(conn)))
             .connect_with(base.clone().create_if_missing(true))
             .await?;
         let report = migrations::run_sqlite(writer.acquire().await?).await?;
@@ -433,6 +434,21 @@ impl SqliteStore {
     }
 }
 
+/// Keeps the writer connection only when no transaction is left open on it. SQLite rolls a
+/// transaction back by itself when its COMMIT fails with `database or disk is full` (or an I/O
+/// error); sqlx still counts it, its rollback on drop then fails, and every later `BEGIN
+/// IMMEDIATE` on that connection would be refused ("non-zero transaction depth") until a
+/// restart. The ping first lets the rollback queued by a dropped transaction run.
+async fn discard_if_stuck(conn: &mut sqlx::SqliteConnection) -> std::result::Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    conn.ping().await?;
+    let stuck = conn.is_in_transaction();
+    if stuck {
+        tracing::warn!("the SQLite writer connection was left inside a transaction; opening a new one");
+    }
+    Ok(!stuck)
+}
+
 /// Allocates `n` consecutive sequence numbers inside `tx` and returns the first.
 async fn allocate_seqs(tx: &mut SqliteTransaction<'_>, n: usize) -> Result<i64> {
     let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
@@ -443,6 +459,45 @@ async fn allocate_seqs(tx: &mut SqliteTransaction<'_>, n: usize) -> Result<i64> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A transaction that SQLite ended behind sqlx's back (as after a COMMIT that failed with
+    /// a full disk) must not leave the writer unusable: the next write gets a fresh connection.
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_itself_does_not_wedge_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = SqliteTarget::File(dir.path().join("t.sqlite"));
+        let (store, _) = SqliteStore::connect(&target, &StoreOptions::default()).await.unwrap();
+        for _ in 0..2 {
+            let mut tx = store.begin_write().await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            drop(tx); // sqlx's own rollback now fails: no transaction is active
+            let mut tx = store.begin_write().await.expect("the writer is usable again");
+            allocate_seqs(&mut tx, 1).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(store.max_seq().await.unwrap(), 2);
+        store.close().await;
+    }
+
+    /// A real `database or disk is full` (the file capped with `max_page_count`) is classified
+    /// as such, so that the API answers 507 rather than a retryable 503.
+    #[tokio::test]
+    async fn a_full_database_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = SqliteTarget::File(dir.path().join("t.sqlite"));
+        let (store, _) = SqliteStore::connect(&target, &StoreOptions::default()).await.unwrap();
+        let mut conn = store.writer.acquire().await.unwrap();
+        sqlx::query("CREATE TABLE filler (b BLOB)").execute(&mut *conn).await.unwrap();
+        // The cap cannot go below the current size: this pins the file at its size now.
+        sqlx::query("PRAGMA max_page_count = 1").execute(&mut *conn).await.unwrap();
+        let full: StoreError =
+            sqlx::query("INSERT INTO filler VALUES (zeroblob(1048576))").execute(&mut *conn).await.unwrap_err().into();
+        assert!(full.is_storage_full(), "{full}");
+        assert!(full.to_string().contains("full"), "{full}");
+        assert!(!StoreError::Config("x".into()).is_storage_full());
+        drop(conn);
+        store.close().await;
+    }
 
     /// Every connection, writer and readers, runs WAL with synchronous = FULL (2).
     #[tokio::test]
