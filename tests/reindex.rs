@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -628,37 +628,14 @@ both_backends!(reindex_under_load, reindex_failures);
 /// The real binary, killed with `kill -9` in the middle of a re-index: after a restart the old
 /// model serves every note, and a new re-index resumes from the vectors already staged.
 async fn killed_mid_reindex(db: Vec<(&'static str, String)>) {
-    struct Proc(Child, String);
-    impl Drop for Proc {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let spawn = |model: &Path, data: &Path| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_notellm"))
-            .args(["serve", "--device", "cpu", "--listen", &format!("127.0.0.1:{port}")])
-            .env("NOTELLM_MODEL", model)
-            .env("NOTELLM_DATA_DIR", data)
-            .env("NOTELLM_LOG", "warn")
-            .env_remove("DATABASE_URL")
-            .env_remove("NOTELLM_API_KEY")
-            .envs(db.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Proc(child, format!("http://127.0.0.1:{port}"))
-    };
     let dir = tempfile::tempdir().unwrap();
     let (model_a, model_b) = models(dir.path());
     let data = dir.path().join("data");
     let http = reqwest::Client::new();
 
-    let mut p = spawn(&model_a, &data);
-    wait_ready(&http, &p.1, Some(&mut p.0)).await;
-    let s = Server::remote(&p.1, &http);
+    let mut p = common::spawn(&model_a, &data, &db);
+    wait_ready(&http, &p.base, Some(&mut p.child)).await;
+    let s = Server::remote(&p.base, &http);
     let notes = common::notes(400, 6);
     put_batch(&s, &notes).await;
     let (st, v) = admin(&s, reqwest::Method::POST, Some(json!({ "model": model_b, "batch_notes": 1 }))).await;
@@ -674,15 +651,15 @@ async fn killed_mid_reindex(db: Vec<(&'static str, String)>) {
         assert!(Instant::now() < deadline, "{v}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    p.0.kill().unwrap();
-    p.0.wait().unwrap();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
     drop(p);
 
     // The old model serves, consistently: every note, version A.
-    let mut p = spawn(&model_a, &data);
-    let ready = wait_ready(&http, &p.1, Some(&mut p.0)).await;
+    let mut p = common::spawn(&model_a, &data, &db);
+    let ready = wait_ready(&http, &p.base, Some(&mut p.child)).await;
     assert_eq!((ready["model_version"].as_str(), ready["notes"].as_u64()), (Some(VERSION_A), Some(400)), "{ready}");
-    let s = Server::remote(&p.1, &http);
+    let s = Server::remote(&p.base, &http);
     for (id, _) in notes.iter().step_by(25) {
         let (st, v) = related(&s, id).await;
         assert_eq!((st, v["model_version"].as_str()), (StatusCode::OK, Some(VERSION_A)), "{id}: {v}");
@@ -690,20 +667,20 @@ async fn killed_mid_reindex(db: Vec<(&'static str, String)>) {
     assert_eq!(admin(&s, reqwest::Method::GET, None).await.0, StatusCode::NOT_FOUND, "a new process has no job");
 
     // Retried: what the killed run staged is reused.
-    let (ok, stdout, stderr) = cli_reindex(&p.1, &model_b, &["--batch-notes", "32"]);
+    let (ok, stdout, stderr) = cli_reindex(&p.base, &model_b, &["--batch-notes", "32"]);
     assert!(ok, "{stderr}");
     let status: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(status["notes_reused"].as_u64().unwrap() >= done, "staged {done} before the kill: {status}");
     assert_eq!(status["notes_done"], 400, "{status}");
 
     // kill -9 right after the switch: the next start (still --model A) serves B from the store.
-    p.0.kill().unwrap();
-    p.0.wait().unwrap();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
     drop(p);
-    let mut p = spawn(&model_a, &data);
-    let ready = wait_ready(&http, &p.1, Some(&mut p.0)).await;
+    let mut p = common::spawn(&model_a, &data, &db);
+    let ready = wait_ready(&http, &p.base, Some(&mut p.child)).await;
     assert_eq!((ready["model_version"].as_str(), ready["notes"].as_u64()), (Some(VERSION_B), Some(400)), "{ready}");
-    let s = Server::remote(&p.1, &http);
+    let s = Server::remote(&p.base, &http);
     for (id, _) in notes.iter().step_by(25) {
         let (st, v) = related(&s, id).await;
         assert_eq!((st, v["model_version"].as_str()), (StatusCode::OK, Some(VERSION_B)), "{id}: {v}");

@@ -64,6 +64,11 @@ pub(crate) const WITNESS: [&str; 2] = [
     "SELECT note_id, seq FROM note_tombstones WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
 ];
 
+/// The later of the rows [`WITNESS`] found (a note row, a tombstone), its id checked.
+pub(crate) fn later_witness(rows: Vec<Option<(String, i64)>>) -> Result<Option<(NoteId, i64)>, StoreError> {
+    rows.into_iter().flatten().max_by_key(|(_, seq)| *seq).map(|(id, seq)| Ok((parse_id(&id)?, seq))).transpose()
+}
+
 /// A note's row seq, then its tombstone's (`$1` the id): at most one of them exists.
 pub(crate) const CURRENT_SEQ: [&str; 2] =
     ["SELECT seq FROM notes WHERE note_id = $1", "SELECT seq FROM note_tombstones WHERE note_id = $1"];

@@ -239,12 +239,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn witness(&self, at: i64) -> Result<Option<(NoteId, i64)>> {
-        let mut latest: Option<(String, i64)> = None;
+        let mut rows = Vec::with_capacity(codec::WITNESS.len());
         for sql in codec::WITNESS {
-            let row: Option<(String, i64)> = sqlx::query_as(sql).bind(at).fetch_optional(&self.reader).await?;
-            latest = latest.into_iter().chain(row).max_by_key(|(_, seq)| *seq);
+            rows.push(sqlx::query_as(sql).bind(at).fetch_optional(&self.reader).await?);
         }
-        latest.map(|(id, seq)| Ok((codec::parse_id(&id)?, seq))).transpose()
+        codec::later_witness(rows)
     }
 
     pub(crate) async fn current_seq(&self, id: &NoteId) -> Result<Option<i64>> {

@@ -151,6 +151,7 @@ pub fn spawn(model: &Path, data: &Path, db: &[(&str, String)]) -> Proc {
         .env("NOTELLM_DATA_DIR", data)
         .env("NOTELLM_LOG", "warn")
         .env_remove("DATABASE_URL")
+        .env_remove("NOTELLM_API_KEY")
         .envs(db.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
