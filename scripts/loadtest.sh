@@ -104,7 +104,7 @@ related() {
 }
 
 recall() {
-  NOTELLM_INDEX_BENCH=${NOTELLM_INDEX_BENCH:-blobs100} cargo test --release --lib index::recall -- --ignored --nocapture
+  NOTELLM_INDEX_BENCH=${NOTELLM_INDEX_BENCH:-blobs100} cargo test --release -p notellm-index --lib recall -- --ignored --nocapture
 }
 
 ingest() {

@@ -1,16 +1,19 @@
 //! The `notellm` binary: parses the command line and calls the library. Errors become `anyhow`
 //! here, at the edge, and a non-zero exit.
 
+mod cli;
+mod reindex;
+
 use std::io::{BufWriter, IsTerminal};
 
+use crate::cli::{Cli, Command, DataCommand, KnownModel, LogFormat, ModelArgs, ModelCommand};
 use anyhow::{Context, Result};
 use clap::Parser;
-use notellm::config::{Cli, Command, DataCommand, KnownModel, LogFormat, ModelArgs, ModelCommand};
-use notellm::model::init::{init_model, InitOptions};
-use notellm::model::{fetch, import};
-use notellm::model::{GenerateOptions, NoteLlm};
-use notellm::note::Note;
-use notellm::server;
+use notellm_artifacts::init::{init_model, InitOptions};
+use notellm_artifacts::{fetch, import};
+use notellm_http::server;
+use notellm_model::{GenerateOptions, NoteLlm};
+use notellm_note::Note;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -72,15 +75,20 @@ fn run(cli: Cli) -> Result<()> {
         })?,
         Command::Ingest(a) => runtime()?.block_on(async {
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
-            let total = notellm::jsonl::count_lines(std::io::BufReader::new(&file))
+            let total = notellm_offline::jsonl::count_lines(std::io::BufReader::new(&file))
                 .with_context(|| format!("reading {}", a.file.display()))?;
             let file = std::fs::File::open(&a.file).with_context(|| format!("opening {}", a.file.display()))?;
             let app = server::build(&a.pipeline.service_config()?).await?;
             app.restore().await?;
-            let progress = notellm::progress::bar("ingesting", total);
-            let report =
-                notellm::commands::ingest::run(&app, std::io::BufReader::new(file), a.chunk, a.on_error, &progress)
-                    .await?;
+            let progress = notellm_offline::progress::bar("ingesting", total);
+            let report = notellm_offline::commands::ingest::run(
+                &app,
+                std::io::BufReader::new(file),
+                a.chunk,
+                a.on_error,
+                &progress,
+            )
+            .await?;
             progress.finish_and_clear();
             app.store.close().await;
             eprintln!(
@@ -94,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             anyhow::Ok(())
         })?,
         Command::Reindex(a) => runtime()?.block_on(async {
-            use notellm::commands::reindex;
+            use crate::reindex;
             let mut reporter = reindex::Reporter::new(std::time::Duration::from_secs(5));
             let result = reindex::run(&a, |s| reporter.show(s)).await;
             reporter.finish();
@@ -123,17 +131,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Migrate(a) => runtime()?.block_on(async {
             std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
             let url = a.database_url();
-            let opts = notellm::store::StoreOptions { schema: a.database_schema.clone(), ..Default::default() };
-            let report = notellm::store::migrate(url.as_deref(), &a.data_dir, &opts).await?;
+            let opts = notellm_store::StoreOptions { schema: a.database_schema.clone(), ..Default::default() };
+            let report = notellm_store::migrate(url.as_deref(), &a.data_dir, &opts).await?;
             eprintln!("migrations: {report:?}");
             anyhow::Ok(())
         })?,
         Command::Embed(a) => {
             let model = load(&a.model)?;
-            let progress = notellm::progress::counter("embedding");
+            let progress = notellm_offline::progress::counter("embedding");
             let stdin = std::io::stdin().lock();
             let stdout = BufWriter::new(std::io::stdout().lock());
-            let report = notellm::commands::embed::run(&model, stdin, stdout, a.batch_size, a.on_error, &progress)?;
+            let report =
+                notellm_offline::commands::embed::run(&model, stdin, stdout, a.batch_size, a.on_error, &progress)?;
             progress.finish_and_clear();
             eprintln!("embedded {} notes, skipped {} malformed lines", report.embedded, report.skipped);
         }
@@ -154,16 +163,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Data(DataCommand::Debian(a)) => {
             if a.update {
-                notellm::commands::data::apt_update()?;
+                notellm_offline::commands::data::apt_update()?;
             }
-            let manifest = notellm::commands::data::run(&a)?;
+            let manifest = notellm_offline::commands::data::run(&a)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
         }
         Command::Eval(a) => {
             keep_freed_memory();
             let device = a.device.open()?;
             let systems = a.systems()?;
-            let opts = notellm::commands::eval::EvalOptions {
+            let opts = notellm_offline::commands::eval::EvalOptions {
                 part: a.part,
                 ks: a.ks.clone(),
                 buckets: a.buckets,
@@ -174,7 +183,7 @@ fn run(cli: Cli) -> Result<()> {
                 vote_pool: a.vote_pool,
                 vote_k: a.vote_k as usize,
             };
-            let mut table = notellm::commands::eval::run(&a.data, &systems, &device, &opts)?;
+            let mut table = notellm_offline::commands::eval::run(&a.data, &systems, &device, &opts)?;
             table.context.push(format!("command: {}", std::env::args().collect::<Vec<_>>().join(" ")));
             let md = table.to_markdown();
             println!("{md}");
@@ -188,8 +197,9 @@ fn run(cli: Cli) -> Result<()> {
             keep_freed_memory();
             let device = a.device.open()?;
             let base = a.base_dir()?;
-            let mut trainer = notellm::train::trainer::Trainer::new(&a.data, &base, &a.out, &device, a.options())
-                .context("setting up training")?;
+            let mut trainer =
+                notellm_offline::train::trainer::Trainer::new(&a.data, &base, &a.out, &device, a.options())
+                    .context("setting up training")?;
             if let Some(dir) = a.frozen_cache_dir() {
                 trainer.set_frozen_cache(&dir).with_context(|| format!("frozen-state cache {}", dir.display()))?;
             }

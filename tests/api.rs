@@ -6,12 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notellm::api::HttpConfig;
-use notellm::batcher::BatcherConfig;
-use notellm::model::config::Family;
-use notellm::model::DeviceSpec;
-use notellm::server::{self, ServiceConfig};
-use notellm::service::{ServiceLimits, SuggestFrom};
+use notellm_http::api::HttpConfig;
+use notellm_http::server::{self, ServiceConfig};
+use notellm_model::config::Family;
+use notellm_model::DeviceSpec;
+use notellm_service::batcher::BatcherConfig;
+use notellm_service::{ServiceLimits, SuggestFrom};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

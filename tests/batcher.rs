@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::Device;
-use notellm::batcher::{BatchError, Batcher, BatcherConfig};
-use notellm::metrics::Metrics;
-use notellm::model::config::Family;
-use notellm::model::NoteLlm;
+use notellm_model::config::Family;
+use notellm_model::NoteLlm;
+use notellm_service::batcher::{BatchError, Batcher, BatcherConfig};
+use notellm_service::metrics::Metrics;
 
 fn setup(dir: &std::path::Path, cfg: BatcherConfig) -> (Arc<NoteLlm>, Batcher, Metrics) {
     let model = Arc::new(NoteLlm::load(&common::tiny_model(dir, "m", Family::Llama, 1), &Device::Cpu).unwrap());

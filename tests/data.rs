@@ -7,11 +7,11 @@ use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use notellm::commands::data::{self as cmd, DebianArgs};
-use notellm::data::dataset::{self, read_jsonl, read_lines};
-use notellm::data::debian;
-use notellm::data::{Dataset, Pair, Part, Session};
-use notellm::jsonl::NoteLine;
+use notellm_offline::commands::data::{self as cmd, DebianArgs};
+use notellm_offline::data::dataset::{self, read_jsonl, read_lines};
+use notellm_offline::data::debian;
+use notellm_offline::data::{Dataset, Pair, Part, Session};
+use notellm_offline::jsonl::NoteLine;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/debian");
 const MAIN: &str = "deb.debian.org_debian_dists_bookworm_main";

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::{drop_schema, postgres_url, spawn, wait_ready, Proc};
 
-use notellm::model::config::Family;
+use notellm_model::config::Family;
 use serde_json::{json, Value};
 
 async fn related_all(p: &Proc, http: &reqwest::Client, ids: &[String]) -> BTreeMap<String, Value> {
@@ -63,7 +63,7 @@ async fn scenario(db: Vec<(&'static str, String)>) {
     assert_eq!(related_all(&p, &http, &acked).await, before, "answers changed after snapshot restore");
 }
 
-async fn put(p: &Proc, http: &reqwest::Client, id: &str, n: &notellm::note::Note) {
+async fn put(p: &Proc, http: &reqwest::Client, id: &str, n: &notellm_note::Note) {
     let body = json!({ "title": n.title, "content": n.content, "hashtags": n.hashtags, "category": n.category });
     let r = http.put(format!("{}/notes/{id}", p.base)).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 201, "PUT {id}");

@@ -7,13 +7,15 @@ mod common;
 
 use candle_core::Device;
 use common::{synthetic_dataset, tiny_model};
-use notellm::data::{Dataset, Part};
-use notellm::eval::generation::{suggest_all, HashtagBudget};
-use notellm::eval::recall::evaluate;
-use notellm::eval::tfidf::TfIdf;
-use notellm::eval::{self, evaluate_dense, evaluate_generation, HashtagVocab, RecallOptions, ResultsTable, Timing};
-use notellm::model::config::Family;
-use notellm::model::{GenerateOptions, NoteLlm};
+use notellm_model::config::Family;
+use notellm_model::{GenerateOptions, NoteLlm};
+use notellm_offline::data::{Dataset, Part};
+use notellm_offline::eval::generation::{suggest_all, HashtagBudget};
+use notellm_offline::eval::recall::evaluate;
+use notellm_offline::eval::tfidf::TfIdf;
+use notellm_offline::eval::{
+    self, evaluate_dense, evaluate_generation, HashtagVocab, RecallOptions, ResultsTable, Timing,
+};
 
 #[test]
 fn eval_pipeline_on_synthetic_data() {

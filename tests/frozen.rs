@@ -1,4 +1,4 @@
-//! The trainer's frozen-layer pass (`notellm::train::frozen` and `TrainableModel::precompute`):
+//! The trainer's frozen-layer pass (`notellm_offline::train::frozen` and `TrainableModel::precompute`):
 //! batched with a shared prefix it gives what the model computes unbatched (within the f16
 //! rounding of the cache); it does not depend on the order it is asked in; the disk cache gives
 //! back exactly what was computed and is never used for another base, another depth or another
@@ -9,12 +9,12 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use notellm::data::Dataset;
-use notellm::model::config::Family;
-use notellm::model::init::{init_model, InitOptions, Preset};
-use notellm::prompt::Limits;
-use notellm::train::examples::{self, Example};
-use notellm::train::model::{ModelOptions, TrainableModel};
+use notellm_artifacts::init::{init_model, InitOptions, Preset};
+use notellm_model::config::Family;
+use notellm_model::prompt::Limits;
+use notellm_offline::data::Dataset;
+use notellm_offline::train::examples::{self, Example};
+use notellm_offline::train::model::{ModelOptions, TrainableModel};
 
 fn options(train_layers: usize) -> ModelOptions {
     ModelOptions { train_layers, embedding_dim: 32, tau_init: 3.0, seed: 1, cache_frozen: true }
@@ -44,7 +44,8 @@ fn the_batched_prefix_sharing_pass_matches_the_unbatched_model() {
     let exs = embedding_examples(&cached, &data, Limits::default());
     assert!(exs.len() >= 40);
     // Every prompt starts with the instruction: a batch shares a long prefix.
-    let shared = notellm::train::frozen::common_prefix(&exs.iter().map(|e| e.ids.as_slice()).collect::<Vec<_>>());
+    let shared =
+        notellm_offline::train::frozen::common_prefix(&exs.iter().map(|e| e.ids.as_slice()).collect::<Vec<_>>());
     assert!(shared >= 8, "shared prefix of {shared} tokens");
     let got = rows(&mut cached, &exs);
     assert_eq!(cached.frozen_stats().computed, exs.len());

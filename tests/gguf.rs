@@ -24,13 +24,13 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use notellm::model::config::{DecoderConfig, Family};
-use notellm::model::fetch::{self, FetchOptions};
-use notellm::model::import::tensors::permute;
-use notellm::model::import::{import_gguf, ImportOptions};
-use notellm::model::init::random_weights;
-use notellm::model::{GenerateOptions, ModelError, NoteLlm};
-use notellm::note::Note;
+use notellm_artifacts::fetch::{self, FetchOptions};
+use notellm_artifacts::import::tensors::permute;
+use notellm_artifacts::import::{import_gguf, ImportOptions};
+use notellm_artifacts::init::random_weights;
+use notellm_model::config::{DecoderConfig, Family};
+use notellm_model::{GenerateOptions, ModelError, NoteLlm};
+use notellm_note::Note;
 
 // ---------------------------------------------------------------------------------------------
 // A tiny synthetic Llama GGUF.
@@ -478,9 +478,9 @@ fn real_tokenizer_matches_independent_reference() {
     assert_eq!(golden.gguf_sha256, fetch::SMOLLM2_GGUF_SHA256);
     assert!(golden.cases.len() >= 20);
     let Some(real) = smollm2() else { return };
-    let tok = notellm::model::NoteTokenizer::load(
+    let tok = notellm_model::NoteTokenizer::load(
         &real.dir.join("tokenizer.json"),
-        &notellm::model::NoteLlmConfig::from_file(&real.dir.join("notellm.json")).unwrap(),
+        &notellm_model::NoteLlmConfig::from_file(&real.dir.join("notellm.json")).unwrap(),
         49153,
     )
     .unwrap();
@@ -510,7 +510,7 @@ fn real_suggest_answers_with_a_listed_category() {
         std::os::unix::fs::symlink(real.dir.join(f), dir.path().join(f)).unwrap();
     }
     let cats = ["system administration", "networking", "desktop", "programming", "hardware"];
-    let mut cfg = notellm::model::NoteLlmConfig::from_file(&real.dir.join("notellm.json")).unwrap();
+    let mut cfg = notellm_model::NoteLlmConfig::from_file(&real.dir.join("notellm.json")).unwrap();
     cfg.categories = cats.iter().map(|s| s.to_string()).collect();
     std::fs::write(dir.path().join("notellm.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
     let model = load(dir.path());
@@ -579,8 +579,8 @@ fn the_default_model_embeds_without_a_model_flag() {
     if smollm2().is_none() {
         return;
     }
-    let overlay = notellm::model::overlay::default_overlay_dir();
-    let cfg = notellm::model::overlay::Overlay::open(&overlay).expect("the committed default model overlay");
+    let overlay = notellm_artifacts::overlay::default_overlay_dir();
+    let cfg = notellm_artifacts::overlay::Overlay::open(&overlay).expect("the committed default model overlay");
     let input = r#"{"note_id":"a","title":"Command-line JSON processor","content":"jq is like sed for JSON data."}
 {"note_id":"b","title":"Lightweight and flexible command-line JSON processor","content":"Filters and transforms JSON."}
 {"note_id":"c","title":"Metric-compatible fonts for Times, Arial and Courier","content":"TrueType fonts for documents."}

@@ -13,11 +13,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use candle_core::Device;
-use notellm::eval::minilm::{self, MiniLm};
-use notellm::eval::recall::{evaluate_indices, DenseScorer, RecallOptions};
-use notellm::eval::tfidf::TfIdf;
-use notellm::model::fetch;
-use notellm::note::Note;
+use notellm_artifacts::fetch;
+use notellm_note::Note;
+use notellm_offline::eval::minilm::{self, MiniLm};
+use notellm_offline::eval::recall::{evaluate_indices, DenseScorer, RecallOptions};
+use notellm_offline::eval::tfidf::TfIdf;
 
 fn minilm_dir() -> Option<&'static PathBuf> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -41,7 +41,7 @@ fn model() -> Option<MiniLm> {
     minilm_dir().map(|d| MiniLm::load(d, &Device::Cpu).unwrap())
 }
 
-fn cos(a: &notellm::note::Embedding, b: &notellm::note::Embedding) -> f32 {
+fn cos(a: &notellm_note::Embedding, b: &notellm_note::Embedding) -> f32 {
     a.cosine(b)
 }
 
@@ -60,7 +60,7 @@ fn real_minilm_matches_published_similarities() {
     for (got, want) in [(s01, 0.6660), (s02, 0.1046), (s12, 0.1411)] {
         assert!((got - want).abs() < 1e-3, "cosine {got} vs published {want}");
     }
-    let l1 = |a: &notellm::note::Embedding, b: &notellm::note::Embedding| {
+    let l1 = |a: &notellm_note::Embedding, b: &notellm_note::Embedding| {
         a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| (x - y).abs()).sum::<f32>()
     };
     for (got, want) in [(l1(&e[0], &e[1]), 12.6269), (l1(&e[0], &e[2]), 20.2167), (l1(&e[1], &e[2]), 20.1288)] {

@@ -7,8 +7,8 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use common::{cosine, notes, tiny_model};
-use notellm::model::config::Family;
-use notellm::model::{CheckpointFiles, Decoder, KvCache, NoteLlm, PaddedBatch, Padding};
+use notellm_model::config::Family;
+use notellm_model::{CheckpointFiles, Decoder, KvCache, NoteLlm, PaddedBatch, Padding};
 use rand::seq::SliceRandom;
 use rand::{rngs::StdRng, SeedableRng};
 

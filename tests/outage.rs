@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{drop_schema, postgres_url, spawn, wait_ready};
-use notellm::model::config::Family;
+use notellm_model::config::Family;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use notellm::api::HttpConfig;
-use notellm::batcher::BatcherConfig;
-use notellm::model::config::Family;
-use notellm::model::init::{init_model, InitOptions, Preset};
-use notellm::model::{DeviceSpec, NoteLlm};
-use notellm::note::Note;
-use notellm::server::{self, ServiceConfig};
-use notellm::service::ServiceLimits;
+use notellm_artifacts::init::{init_model, InitOptions, Preset};
+use notellm_http::api::HttpConfig;
+use notellm_http::server::{self, ServiceConfig};
+use notellm_model::config::Family;
+use notellm_model::{DeviceSpec, NoteLlm};
+use notellm_note::Note;
+use notellm_service::batcher::BatcherConfig;
+use notellm_service::ServiceLimits;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

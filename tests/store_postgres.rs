@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notellm::store::{self, Store, StoreError, StoreOptions};
+use notellm_store as store;
+use notellm_store::{Store, StoreError, StoreOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use store_common::{emb, id, note, put};
 

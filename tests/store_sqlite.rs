@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use notellm::store::{self, content_hash, Change, Store, StoreError, StoreOptions};
+use notellm_store as store;
+use notellm_store::{content_hash, Change, Store, StoreError, StoreOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use store_common::{emb, id, mv, note, put};
 

@@ -5,14 +5,14 @@
 mod common;
 
 use candle_core::{DType, Device};
-use notellm::data::{Dataset, Part};
-use notellm::model::config::Family;
-use notellm::model::NoteLlm;
-use notellm::train::examples;
-use notellm::train::loss;
-use notellm::train::model::{ModelOptions, TrainableModel};
-use notellm::train::trainer::{Objective, TrainOptions, Trainer};
-use notellm::train::{lm, model::TAU};
+use notellm_model::config::Family;
+use notellm_model::NoteLlm;
+use notellm_offline::data::{Dataset, Part};
+use notellm_offline::train::examples;
+use notellm_offline::train::loss;
+use notellm_offline::train::model::{ModelOptions, TrainableModel};
+use notellm_offline::train::trainer::{Objective, TrainOptions, Trainer};
+use notellm_offline::train::{lm, model::TAU};
 
 fn options() -> TrainOptions {
     TrainOptions {
@@ -39,7 +39,7 @@ fn gradients_reach_every_trainable_variable_and_frozen_layers_stay_put() {
     let opts = ModelOptions { train_layers: 1, embedding_dim: 16, tau_init: 3.0, seed: 1, cache_frozen: true };
     let mut model = TrainableModel::load(&base, &Device::Cpu, &opts).unwrap();
     assert_eq!(model.first_trained_layer(), 1);
-    let limits = notellm::prompt::Limits::default();
+    let limits = notellm_model::prompt::Limits::default();
     let exs: Vec<_> = data
         .pairs(Part::Train)
         .iter()
@@ -112,12 +112,12 @@ fn training_lowers_the_loss_raises_recall_and_the_checkpoint_serves() {
     // The output directory is also an overlay: base + trained.safetensors assemble into a
     // checkpoint that embeds like the full one (up to f16 rounding of the trained tensors), and
     // a second assembly of the same overlay does nothing.
-    let overlay = notellm::model::overlay::Overlay::open(&out).unwrap();
+    let overlay = notellm_artifacts::overlay::Overlay::open(&out).unwrap();
     let assembled = dir.path().join("assembled");
-    notellm::model::overlay::assemble(&base, &overlay, &assembled).unwrap();
+    notellm_artifacts::overlay::assemble(&base, &overlay, &assembled).unwrap();
     let weights = assembled.join("model.safetensors");
     let written = std::fs::metadata(&weights).unwrap().modified().unwrap();
-    notellm::model::overlay::assemble(&base, &overlay, &assembled).unwrap();
+    notellm_artifacts::overlay::assemble(&base, &overlay, &assembled).unwrap();
     assert_eq!(std::fs::metadata(&weights).unwrap().modified().unwrap(), written, "re-assembled");
     let from_overlay = NoteLlm::load(&assembled, &Device::Cpu).unwrap().embed(&notes).unwrap();
     for (a, b) in ours.iter().zip(&from_overlay) {
@@ -178,8 +178,8 @@ fn lm_options() -> TrainOptions {
 /// Replaces the synthetic dataset's split (every note in every part) by a disjoint one, by note
 /// index: 7 in 10 train, 2 val, 1 test; each part keeps the pairs inside it.
 fn disjoint_split(dir: &std::path::Path) -> std::path::PathBuf {
-    use notellm::data::dataset::{read_jsonl, write_jsonl, write_lines};
-    use notellm::data::Pair;
+    use notellm_offline::data::dataset::{read_jsonl, write_jsonl, write_lines};
+    use notellm_offline::data::Pair;
     let ds = Dataset::load(dir).unwrap();
     let part_of = |i: usize| match i % 10 {
         0..=6 => Part::Train,
@@ -204,7 +204,7 @@ fn lm_gradients_reach_every_decoder_variable_and_not_the_head() {
     let data = Dataset::load(&common::synthetic_dataset(&dir.path().join("data"), 12)).unwrap();
     let opts = ModelOptions { train_layers: 99, embedding_dim: 32, tau_init: 3.0, seed: 1, cache_frozen: true };
     let mut model = TrainableModel::load(&base, &Device::Cpu, &opts).unwrap();
-    let limits = notellm::prompt::Limits::default();
+    let limits = notellm_model::prompt::Limits::default();
     let seqs: Vec<Vec<u32>> =
         data.notes.iter().take(6).map(|l| lm::sequence(model.tokenizer(), limits, &l.note).unwrap()).collect();
     let (logits, targets) = model.lm_forward(&seqs).unwrap().unwrap();
@@ -215,7 +215,7 @@ fn lm_gradients_reach_every_decoder_variable_and_not_the_head() {
     assert!(names.contains(&"model.embed_tokens.weight") && names.iter().any(|n| n.starts_with("model.layers.0.")));
     for (name, var, _) in model.vars() {
         let g = grads.get(var.as_tensor());
-        if name == TAU || name == notellm::model::config::EMB_HEAD_TENSOR {
+        if name == TAU || name == notellm_model::config::EMB_HEAD_TENSOR {
             assert!(g.is_none(), "{name} got a gradient from the LM loss");
             continue;
         }
@@ -276,7 +276,7 @@ fn lm_pretraining_learns_the_training_notes_and_feeds_the_notellm_stage() {
     }
     let head = |dir: &std::path::Path| {
         let w = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-        w[notellm::model::config::EMB_HEAD_TENSOR].flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        w[notellm_model::config::EMB_HEAD_TENSOR].flatten_all().unwrap().to_vec1::<f32>().unwrap()
     };
     assert_eq!(head(&out), head(&base));
 

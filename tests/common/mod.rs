@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use notellm::model::config::Family;
-use notellm::model::init::{init_model, InitOptions, Preset};
-use notellm::note::Note;
+use notellm_artifacts::init::{init_model, InitOptions, Preset};
+use notellm_model::config::Family;
+use notellm_note::Note;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const TOPICS: &[(&str, &[&str])] = &[
@@ -96,10 +96,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// paired with the next note of its category. Every note is in every part, so that tests can
 /// measure recall on the training pairs themselves.
 pub fn synthetic_dataset(dir: &Path, n: usize) -> PathBuf {
-    use notellm::data::dataset::{write_jsonl, write_lines, CATEGORIES_FILE, NOTES_FILE};
-    use notellm::data::{Pair, Part};
-    use notellm::jsonl::NoteLine;
-    use notellm::note::NoteId;
+    use notellm_note::NoteId;
+    use notellm_offline::data::dataset::{write_jsonl, write_lines, CATEGORIES_FILE, NOTES_FILE};
+    use notellm_offline::data::{Pair, Part};
+    use notellm_offline::jsonl::NoteLine;
     let notes = notes(n, 3);
     let lines: Vec<NoteLine> =
         notes.iter().map(|(id, note)| NoteLine { note_id: NoteId::parse(id).unwrap(), note: note.clone() }).collect();

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notellm::note::{Embedding, ModelVersion, Note, NoteId};
-use notellm::store::{content_hash, Change, NoteWrite, Store, StoreError};
+use notellm_note::{Embedding, ModelVersion, Note, NoteId};
+use notellm_store::{content_hash, Change, NoteWrite, Store, StoreError};
 
 pub fn id(s: &str) -> NoteId {
     NoteId::parse(s).unwrap()
@@ -354,7 +354,7 @@ pub async fn purge_tombstones(store: &Store) {
 /// Re-index staging: vectors keyed by (note, version), current only for the seq they embedded;
 /// the switch is all or nothing, renumbers the change sequence and records the new version.
 pub async fn staging_and_promote(store: &Store) {
-    use notellm::store::{StagedVector, Switch};
+    use notellm_store::{StagedVector, Switch};
     let v2 = ModelVersion("test-model-v2".into());
     let ids: Vec<NoteId> = ["a", "b", "c"].into_iter().map(id).collect();
     let mut seqs = Vec::new();

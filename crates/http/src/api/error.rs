@@ -1,0 +1,213 @@
+//! Errors to HTTP, in one place: every rejection is `{"error": {"code", "message"}}` with the
+//! right status, including malformed JSON, bodies over the limit, unknown routes and overload
+//! (with `Retry-After`). 5xx answers never carry internals; those go to the log.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use notellm_service::batcher::BatchError;
+use notellm_service::{AppError, ReindexError};
+use notellm_store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <api key>` header is required for writes and /admin",
+        )
+    }
+
+    fn retry(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// 503 `not_ready` with `Retry-After` (restoring, store unreachable, model stopped).
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message).retry(5)
+    }
+
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry(1)
+    }
+
+    fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound => ApiError::not_found("note not found"),
+            AppError::Invalid(m) => ApiError::invalid(m),
+            AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "model_version_mismatch", m),
+            AppError::Unavailable(m) => ApiError::not_ready(m),
+            AppError::Batch(b) => b.into(),
+            AppError::Store(e @ StoreError::Corrupt { .. }) => {
+                // Not retryable: the same read fails again until someone repairs the row.
+                tracing::error!(alert = true, error = %e, "corrupt data in the store");
+                ApiError::internal()
+            }
+            AppError::Store(e) if e.is_storage_full() => {
+                tracing::error!(alert = true, error = %e, "the store is out of space; writes fail until space is freed");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the store is out of space")
+                    .retry(30)
+            }
+            AppError::Store(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable").retry(5)
+            }
+            AppError::Index(e) => {
+                tracing::error!(error = %e, "index error");
+                ApiError::internal()
+            }
+            AppError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<ReindexError> for ApiError {
+    fn from(e: ReindexError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ReindexError::Running(_) => ApiError::new(StatusCode::CONFLICT, "reindex_running", msg),
+            ReindexError::AlreadyServing(_) => ApiError::new(StatusCode::CONFLICT, "already_serving", msg),
+            ReindexError::NotRunning => ApiError::not_found(msg),
+            ReindexError::BadModel { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", msg),
+            ReindexError::BadBatch(_) => ApiError::invalid(msg),
+            ReindexError::NotReady => ApiError::not_ready(msg),
+            other => {
+                tracing::error!(error = %other, "re-index request failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<BatchError> for ApiError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::QueueFull { queue: "generate" } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many generation requests in flight",
+            )
+            .retry(1),
+            BatchError::QueueFull { .. } => ApiError::overloaded("the embedding queue is full"),
+            e @ BatchError::TooLong { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "note_too_long", e.to_string())
+            }
+            BatchError::Input(m) => ApiError::invalid(m),
+            BatchError::Closed => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the model worker has stopped")
+                    .retry(5)
+            }
+            BatchError::Model(m) => {
+                tracing::error!(error = %m, "inference failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(e) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.body_text())
+            }
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is over the size limit",
+            ),
+            other => ApiError::new(other.status(), "bad_request", other.body_text()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_store_data_is_a_500_other_store_errors_a_retryable_503() {
+        let corrupt: ApiError = AppError::Store(StoreError::corrupt("n1", "bad embedding")).into();
+        assert_eq!(
+            (corrupt.status, corrupt.code, corrupt.retry_after),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+        );
+        assert!(!corrupt.message.contains("n1"), "no internals in a 5xx: {}", corrupt.message);
+        let purged: ApiError = AppError::Store(StoreError::ChangesPurged { since: 1, purged_through: 2 }).into();
+        assert_eq!(
+            (purged.status, purged.code, purged.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", Some(5))
+        );
+    }
+
+    #[test]
+    fn every_503_says_when_to_retry() {
+        let errors: Vec<ApiError> = vec![
+            AppError::Unavailable("restoring".into()).into(),
+            ApiError::not_ready("store unreachable"),
+            ApiError::overloaded("full"),
+            BatchError::Closed.into(),
+            ReindexError::NotReady.into(),
+        ];
+        for e in errors {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            let resp = e.clone().into_response();
+            assert!(resp.headers().contains_key(header::RETRY_AFTER), "{e:?}");
+        }
+    }
+}

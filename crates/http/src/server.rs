@@ -1,0 +1,228 @@
+//! Assembling and running the service: store (migrations applied), model, batcher, index, HTTP.
+//!
+//! The listener opens before the index is restored, so `/healthz` answers during a long restore
+//! while `/readyz` says 503. Shutdown (SIGINT/SIGTERM or the caller's signal): stop accepting,
+//! drain in-flight requests, write the index snapshot, close the store's pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, HttpConfig};
+use notellm_index::{IndexConfig, NoteIndex};
+use notellm_model::{DeviceSpec, NoteLlm};
+use notellm_service::batcher::{Batcher, BatcherConfig};
+use notellm_service::metrics::Metrics;
+use notellm_service::{App, AppError, ServiceLimits, Serving, ServingTemplate, SuggestConfig};
+use notellm_store::{Store, StoreError, StoreOptions};
+
+pub use notellm_service::snapshot_dir;
+
+/// How long a shutdown waits for a cancelled re-index to stop (a switch in progress finishes).
+const REINDEX_STOP_WAIT: Duration = Duration::from_secs(30);
+/// The store's health probe: how often, and how long a ping may take before the store counts as
+/// unreachable (readiness 503, store operations failing at once with Retry-After).
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything the service needs to start.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub model_dir: PathBuf,
+    pub device: DeviceSpec,
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// Postgres schema (created if missing).
+    pub database_schema: Option<String>,
+    pub batcher: BatcherConfig,
+    pub limits: ServiceLimits,
+    /// HNSW parameters; `dim` is taken from the model.
+    pub hnsw_m: usize,
+    pub hnsw_ef_construction: usize,
+    pub hnsw_ef_search: usize,
+    pub rebuild_tombstone_share: f64,
+    pub snapshot_interval: Duration,
+    /// Most `GET /related` answers cached (0: no cache).
+    pub related_cache_entries: usize,
+    /// How `/suggest-tags` answers.
+    pub suggest: SuggestConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("model: {0}")]
+    Model(#[from] notellm_model::ModelError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("index: {0}")]
+    Index(#[from] notellm_index::IndexError),
+    #[error("{0}")]
+    App(#[from] AppError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects the store, loads the model, starts the batcher; the index is empty until
+/// [`App::restore`].
+pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
+    cfg.suggest.validate().map_err(|e| ServerError::App(AppError::Invalid(e)))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
+    let opts = StoreOptions { schema: cfg.database_schema.clone(), ..Default::default() };
+    let store = Store::connect_with(database_url.as_deref(), &cfg.data_dir, &opts).await?;
+    tracing::info!(backend = store.backend(), "store connected, migrations applied");
+    let device = cfg.device.open()?;
+    // After a re-index, the store may name another checkpoint than --model (service/reindex).
+    let dir = notellm_service::reindex::resolve_model_dir(&store, &cfg.model_dir).await;
+    let load_device = device.clone();
+    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &load_device))
+        .await
+        .map_err(|e| AppError::Internal(format!("model load task: {e}")))??;
+    let model = Arc::new(model);
+    let metrics = Metrics::new()?;
+    metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &model.version().0, store.backend()]).set(1.0);
+    let index_cfg = IndexConfig {
+        m: cfg.hnsw_m,
+        ef_construction: cfg.hnsw_ef_construction,
+        ef_search: cfg.hnsw_ef_search,
+        rebuild_tombstone_share: cfg.rebuild_tombstone_share,
+        ..IndexConfig::new(model.embedding_dim())
+    };
+    let index = NoteIndex::new(index_cfg.clone())?;
+    let batcher = Arc::new(Batcher::spawn(model, cfg.batcher.clone(), metrics.clone())?);
+    let serving = Serving::new(batcher, index, &cfg.data_dir);
+    let template =
+        ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
+    Ok(Arc::new(App::new(
+        store,
+        serving,
+        template,
+        metrics,
+        cfg.limits.clone(),
+        cfg.related_cache_entries,
+        cfg.suggest,
+    )))
+}
+
+/// Runs the HTTP service on `listener` until `shutdown` resolves.
+pub async fn run(
+    app: Arc<App>,
+    http: HttpConfig,
+    listener: tokio::net::TcpListener,
+    snapshot_interval: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    let restoring = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = app.restore().await {
+                tracing::error!(error = %e, "index restore failed; the service stays unready");
+            }
+        })
+    };
+    let snapshots = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(snapshot_interval.max(Duration::from_secs(1)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.snapshot().await {
+                    tracing::error!(error = %e, "periodic snapshot failed");
+                }
+            }
+        })
+    };
+    let probe = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STORE_PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                app.probe_store(STORE_PROBE_TIMEOUT).await;
+            }
+        })
+    };
+    let router = api::router(app.clone(), http);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("stopped accepting; in-flight requests drained");
+    snapshots.abort();
+    restoring.abort();
+    probe.abort();
+    stop_reindex(&app).await;
+    match app.snapshot().await {
+        Ok(true) => tracing::info!("final snapshot written"),
+        Ok(false) => tracing::info!("index unchanged since the last snapshot"),
+        Err(e) => tracing::error!(error = %e, "final snapshot failed; the next start replays from the store"),
+    }
+    app.store.close().await;
+    Ok(())
+}
+
+/// Cancels a running re-index and waits for it to stop: it must not write to a store being
+/// closed. What it staged stays for the next attempt.
+async fn stop_reindex(app: &App) {
+    if app.cancel_reindex().is_err() {
+        return;
+    }
+    tracing::info!("cancelling the running re-index");
+    let deadline = tokio::time::Instant::now() + REINDEX_STOP_WAIT;
+    while app.reindex_status().is_some_and(|s| !s.state.is_finished()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("the re-index did not stop in time; shutting down anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,235 @@
+//! `notellm eval`: the paper's offline protocol on one part of a dataset's split, for the
+//! baselines and any NoteLLM checkpoints, in one table.
+//!
+//! Every system embeds the same pool (the part's notes, in split-file order) and is ranked by
+//! [`crate::eval::recall`]; NoteLLM checkpoints are also asked to generate hashtags and a
+//! category for a seeded sample of the pool.
+//!
+//! Beside them, in the same table:
+//! - with `fusion`, each NoteLLM checkpoint's ranking merged with TF-IDF's by reciprocal rank
+//!   ([`crate::eval::fusion`]): is a hybrid channel worth serving?
+//! - with a generation sample, the generation baselines ([`crate::eval::vote`]): the majority
+//!   answer, and a vote of the `vote_k` nearest notes of a seeded sample of `vote_pool`
+//!   training notes, by TF-IDF and by every dense system's own embeddings.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::{Dataset, Part};
+use crate::eval::fusion::{RrfScorer, RRF_K};
+use crate::eval::generation::{suggest_all, HashtagBudget};
+use crate::eval::minilm::{fetch_minilm, MiniLm, MINILM_NAME};
+use crate::eval::tfidf::TfIdf;
+use crate::eval::vote::{vote, Majority};
+use crate::eval::{evaluate, evaluate_dense, evaluate_generation, Buckets, EvalError, HashtagVocab, RecallOptions};
+use crate::eval::{ResultsTable, Timing};
+use notellm_model::{GenerateOptions, NoteLlm, Suggestion};
+use notellm_note::{Embedding, Note};
+
+/// A system to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum System {
+    TfIdf,
+    MiniLm,
+    /// A NoteLLM checkpoint (the zero-shot base counts: it is one without training).
+    NoteLlm {
+        name: String,
+        dir: PathBuf,
+    },
+}
+
+impl System {
+    pub fn name(&self) -> String {
+        match self {
+            System::TfIdf => "TF-IDF (title + content)".into(),
+            System::MiniLm => MINILM_NAME.into(),
+            System::NoteLlm { name, .. } => name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub part: Part,
+    pub ks: Vec<usize>,
+    pub buckets: Buckets,
+    pub batch_size: usize,
+    /// Notes of the pool that NoteLLM systems generate for (0: none, and no vote baselines).
+    pub generation_sample: usize,
+    pub seed: u64,
+    /// Also rank each NoteLLM checkpoint fused with TF-IDF (reciprocal rank fusion).
+    pub fusion: bool,
+    /// Training notes (a seeded sample; 0 = all) the vote baselines look up neighbours in.
+    pub vote_pool: usize,
+    /// Neighbours that vote.
+    pub vote_k: usize,
+}
+
+/// Runs every system and returns the table (with the command line as context).
+pub fn run(
+    data_dir: &Path,
+    systems: &[System],
+    device: &Device,
+    opts: &EvalOptions,
+) -> Result<ResultsTable, EvalError> {
+    let data = Dataset::load(data_dir)?;
+    let (ids, notes) = crate::eval::pool(&data, opts.part)?;
+    let pairs = data.pairs(opts.part);
+    if pairs.is_empty() {
+        return Err(EvalError::Input(format!("{} has no {} pairs", data_dir.display(), opts.part.name())));
+    }
+    let bucket_k = if opts.ks.contains(&100) { 100 } else { opts.ks[0] };
+    let mut table = ResultsTable::new(&opts.ks, bucket_k)?;
+    table.context.push(format!(
+        "data: {} ({} split: {} notes, {} pairs)",
+        data_dir.display(),
+        opts.part.name(),
+        ids.len(),
+        pairs.len()
+    ));
+    let recall_opts = RecallOptions { ks: opts.ks.clone(), buckets: opts.buckets, progress: true };
+    let train_notes: Vec<&Note> = data.ids(Part::Train).iter().filter_map(|id| data.note(id)).collect();
+    let vocab = HashtagVocab::from_notes(train_notes.iter().copied());
+    let sample = generation_sample(&notes, opts.generation_sample, opts.seed);
+    let picked: Vec<Note> = sample.iter().map(|&i| notes[i].clone()).collect();
+    // What a suggestion may look at: a dense vote embeds these, never the labelled note (its
+    // hashtags and category are the answer).
+    let drafts: Vec<Note> = picked.iter().map(Note::draft).collect();
+    let budget = HashtagBudget::default();
+    // The lookup pool of the vote baselines: training notes with something to vote.
+    let voters: Vec<&Note> = {
+        let mut v: Vec<&Note> =
+            train_notes.iter().copied().filter(|n| n.category.is_some() || !n.hashtags.is_empty()).collect();
+        if opts.vote_pool > 0 && v.len() > opts.vote_pool {
+            v.shuffle(&mut StdRng::seed_from_u64(opts.seed.wrapping_add(7)));
+            v.truncate(opts.vote_pool);
+        }
+        v
+    };
+    let voter_notes: Vec<Note> = voters.iter().map(|n| (*n).clone()).collect();
+    let push_baseline = |table: &mut ResultsTable, name: &str, out: Vec<Suggestion>, seconds: f64| {
+        let gen = evaluate_generation(picked.iter().zip(out.iter()), &data.categories, &vocab);
+        table.push_generation(name, gen, seconds);
+    };
+    if !picked.is_empty() {
+        let started = Instant::now();
+        let majority = Majority::fit(train_notes.iter().copied());
+        let out = picked.iter().map(|n| majority.suggest(budget.for_note(n))).collect();
+        push_baseline(&mut table, "majority (category and hashtags)", out, started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let tfidf = TfIdf::fit(&voter_notes);
+        let mut scores = vec![0f32; voters.len()];
+        let out = picked
+            .iter()
+            .zip(&drafts)
+            .map(|(n, draft)| {
+                tfidf.score_into(&tfidf.transform(draft), &mut scores);
+                vote(&voters, &scores, opts.vote_k, budget.for_note(n))
+            })
+            .collect();
+        let name = format!("{}-NN vote, TF-IDF ({} training notes)", opts.vote_k, voters.len());
+        push_baseline(&mut table, &name, out, started.elapsed().as_secs_f64());
+    }
+    // TF-IDF over the pool, kept for the fusion rows.
+    let pool_tfidf = opts.fusion.then(|| TfIdf::fit(&notes));
+    for system in systems {
+        let name = system.name();
+        tracing::info!(system = %name, notes = ids.len(), "evaluating");
+        let started = Instant::now();
+        // Each system yields its recall report and the seconds spent encoding the pool.
+        let (report, encode) = match system {
+            System::TfIdf => {
+                let tfidf = TfIdf::fit(&notes);
+                let encode = started.elapsed().as_secs_f64();
+                (evaluate(&ids, &tfidf, pairs, &recall_opts)?, encode)
+            }
+            System::MiniLm => {
+                let dir = fetch_minilm(&notellm_artifacts::fetch::default_cache_dir())?;
+                let minilm = MiniLm::load(&dir, device)?;
+                let embs = minilm.embed_notes(&notes, opts.batch_size)?;
+                let encode = started.elapsed().as_secs_f64();
+                let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
+                if !picked.is_empty() {
+                    let vote_started = Instant::now();
+                    let pool = minilm.embed_notes(&voter_notes, opts.batch_size)?;
+                    let queries = minilm.embed_notes(&drafts, opts.batch_size)?;
+                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
+                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
+                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                }
+                (report, encode)
+            }
+            System::NoteLlm { dir, .. } => {
+                let model = NoteLlm::load(dir, device)?;
+                let embs = crate::eval::embed_notellm(&model, &notes, opts.batch_size)?;
+                let encode = started.elapsed().as_secs_f64();
+                let report = evaluate_dense(&ids, &embs, pairs, &recall_opts)?;
+                if let Some(tfidf) = &pool_tfidf {
+                    let dense = crate::eval::DenseScorer::new(&embs)?;
+                    let fused = RrfScorer::new(&dense, tfidf, RRF_K)?;
+                    let fusion = evaluate(&ids, &fused, pairs, &recall_opts)?;
+                    let timing = Timing { notes: ids.len(), encode_seconds: encode, search_seconds: fusion.seconds };
+                    table.push(&format!("{name} + TF-IDF (RRF, k = {RRF_K})"), &fusion, timing)?;
+                }
+                if !picked.is_empty() && model.config().embedding_head {
+                    let vote_started = Instant::now();
+                    let pool = crate::eval::embed_notellm(&model, &voter_notes, opts.batch_size)?;
+                    let queries = crate::eval::embed_notellm(&model, &drafts, opts.batch_size)?;
+                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
+                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
+                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                }
+                if !sample.is_empty() {
+                    let gen_started = Instant::now();
+                    let out = suggest_all(&model, &picked, budget, &GenerateOptions::default())?;
+                    let categories = if model.config().categories.is_empty() {
+                        &data.categories
+                    } else {
+                        &model.config().categories
+                    };
+                    let gen = evaluate_generation(picked.iter().zip(out.iter()), categories, &vocab);
+                    table.push_generation(&name, gen, gen_started.elapsed().as_secs_f64());
+                }
+                (report, encode)
+            }
+        };
+        let timing = Timing { notes: ids.len(), encode_seconds: encode, search_seconds: report.seconds };
+        table.push(&name, &report, timing)?;
+        tracing::info!(system = %name, seconds = started.elapsed().as_secs_f64(), "evaluated");
+    }
+    Ok(table)
+}
+
+/// The vote of the nearest `voters` (embedded as `pool`) for each sampled note `picked[i]`,
+/// whose draft (no labels) is embedded as `queries[i]`.
+fn dense_votes(
+    queries: &[Embedding],
+    picked: &[Note],
+    voters: &[&Note],
+    pool: &[Embedding],
+    k: usize,
+    budget: HashtagBudget,
+) -> Vec<Suggestion> {
+    queries
+        .iter()
+        .zip(picked)
+        .map(|(query, note)| {
+            let scores: Vec<f32> = pool.iter().map(|p| query.cosine(p)).collect();
+            vote(voters, &scores, k, budget.for_note(note))
+        })
+        .collect()
+}
+
+/// A seeded sample of pool indices for the generation metrics.
+fn generation_sample(notes: &[Note], n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..notes.len()).collect();
+    idx.shuffle(&mut StdRng::seed_from_u64(seed));
+    idx.truncate(n);
+    idx.sort_unstable();
+    idx
+}

@@ -1,0 +1,535 @@
+//! The service core (layer rule: over `notellm-store`, `notellm-index` and `notellm-model`;
+//! nothing here knows HTTP): every operation the HTTP layer offers, over the store (source of truth),
+//! the HNSW index (a cache of it) and the micro-batcher (the model). `api/` is a thin transport
+//! over this.
+//!
+//! Write ordering. A write embeds first (outside any lock), then, holding its note's stripe lock
+//! and the shared side of the snapshot gate, commits to the store and updates the index. Two
+//! writes of one note therefore reach store and index in the same order, and a snapshot (which
+//! takes the exclusive side of the gate) sees an index that holds exactly the store's changes up
+//! to the seq it is tagged with.
+//!
+//! What serves is one [`Serving`] (model version, batcher, index, snapshot folder), swapped whole
+//! by a re-index (`reindex/`) while it holds the exclusive side of the gate. A request takes the
+//! current `Serving` once, so its answer comes from one model version; a write that embedded with
+//! a model that was switched out before it got the gate embeds again with the new one.
+//!
+//! `GET /related` answers are cached per (note, k) for one generation of what serves
+//! (`related_cache.rs`): the serving epoch (incremented by every swap) and the index's version
+//! (incremented around every index write), so a cached answer is always the one a new search
+//! would give.
+
+pub mod batcher;
+mod error;
+pub mod metrics;
+pub mod reindex;
+mod related_cache;
+mod restore;
+mod serving;
+mod suggest;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Mutex as AsyncMutex, RwLock};
+
+pub use error::AppError;
+pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus};
+pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
+pub use serving::{snapshot_dir, Serving, ServingTemplate};
+pub use suggest::{
+    SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
+};
+
+use crate::metrics::Metrics;
+use notellm_index::{Hit, NoteIndex};
+use notellm_note::{Embedding, ModelVersion, Note, NoteId, NoteLimits};
+use notellm_store::{content_hash, NoteWrite, Store, StoredNote};
+
+const STRIPES: usize = 64;
+/// `--related-cache-entries`' default: about 70 MB of answers at k = 20.
+pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
+
+/// Limits on what clients may send (validated in `api/`, enforced here too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLimits {
+    pub max_k: usize,
+    pub max_notes_per_batch: usize,
+    /// The bounds of every note written (HTTP and `notellm ingest`).
+    pub note: NoteLimits,
+    pub max_suggest_hashtags: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self { max_k: 1000, max_notes_per_batch: 256, note: NoteLimits::default(), max_suggest_hashtags: 10 }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteStatus {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PutOutcome {
+    pub note_id: NoteId,
+    pub status: WriteStatus,
+    /// The store's change sequence of this write (absent when unchanged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub model_version: ModelVersion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RelatedNote {
+    pub note_id: NoteId,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Related {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note_id: Option<NoteId>,
+    pub model_version: ModelVersion,
+    pub related: Vec<RelatedNote>,
+}
+
+/// What serves now, and how many times it was swapped (the serving half of a [`Generation`]).
+struct Current {
+    serving: Arc<Serving>,
+    epoch: u64,
+}
+
+pub struct App {
+    pub store: Store,
+    /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
+    serving: std::sync::RwLock<Current>,
+    /// `GET /related` answers (JSON bodies) by (note, k), for one generation.
+    related_cache: RelatedCache<Bytes>,
+    /// How to build a `Serving` for another checkpoint.
+    template: ServingTemplate,
+    pub metrics: Metrics,
+    pub limits: ServiceLimits,
+    /// How `/suggest-tags` answers (`suggest.rs`).
+    suggest: SuggestConfig,
+    gate: RwLock<()>,
+    stripes: Vec<AsyncMutex<()>>,
+    ready: AtomicBool,
+    /// When the index last matched a snapshot on disk (written or loaded).
+    snapshot_at: Mutex<Option<SystemTime>>,
+    /// Whether the index changed since that snapshot.
+    dirty: AtomicBool,
+    rebuilding: Arc<AtomicBool>,
+    /// The running or last re-index.
+    reindex: reindex::Slot,
+}
+
+impl App {
+    pub fn new(
+        store: Store,
+        serving: Serving,
+        template: ServingTemplate,
+        metrics: Metrics,
+        limits: ServiceLimits,
+        related_cache_entries: usize,
+        suggest: SuggestConfig,
+    ) -> Self {
+        let cache_metrics = CacheMetrics {
+            hits: metrics.related_cache_hits.clone(),
+            misses: metrics.related_cache_misses.clone(),
+            entries: metrics.related_cache_entries.clone(),
+        };
+        Self {
+            store,
+            serving: std::sync::RwLock::new(Current { serving: Arc::new(serving), epoch: 0 }),
+            related_cache: RelatedCache::new(related_cache_entries, cache_metrics),
+            template,
+            metrics,
+            limits,
+            suggest,
+            gate: RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
+            ready: AtomicBool::new(false),
+            snapshot_at: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            rebuilding: Arc::new(AtomicBool::new(false)),
+            reindex: reindex::Slot::default(),
+        }
+    }
+
+    /// The model version, batcher and index serving now.
+    pub fn serving(&self) -> Arc<Serving> {
+        self.current().0
+    }
+
+    /// What serves now and its generation, read together (a swap holds the write lock).
+    fn current(&self) -> (Arc<Serving>, Generation) {
+        let c = self.serving.read().unwrap_or_else(|e| e.into_inner());
+        let generation = Generation { serving: c.epoch, index: c.serving.index.version() };
+        (c.serving.clone(), generation)
+    }
+
+    fn generation(&self) -> Generation {
+        self.current().1
+    }
+
+    fn set_serving(&self, serving: Serving) {
+        let serving = Arc::new(serving);
+        let mut c = self.serving.write().unwrap_or_else(|e| e.into_inner());
+        c.serving = serving;
+        // Every answer cached so far came from the index just replaced.
+        c.epoch += 1;
+    }
+
+    /// The index currently serving.
+    pub fn index(&self) -> Arc<NoteIndex> {
+        self.serving().index.clone()
+    }
+
+    /// The model version currently serving.
+    pub fn model_version(&self) -> ModelVersion {
+        self.serving().version.clone()
+    }
+
+    /// `/suggest-tags`' default number of hashtags: the serving checkpoint's.
+    pub fn default_hashtags(&self) -> usize {
+        self.serving().batcher.model().config().hashtag_count
+    }
+
+    /// The index is restored and writes are accepted.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn require_ready(&self) -> Result<(), AppError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(AppError::Unavailable("the index is being restored".into()))
+        }
+    }
+
+    fn stripe(&self, id: &NoteId) -> usize {
+        // FNV-1a: stable and cheap; only spreads ids over the stripes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.as_str().bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % STRIPES as u64) as usize
+    }
+
+    fn store_err(&self, op: &str, e: notellm_store::StoreError) -> AppError {
+        self.metrics.store_errors.with_label_values(&[op]).inc();
+        tracing::error!(op, error = %e, "store operation failed");
+        AppError::Store(e)
+    }
+
+    fn update_index_gauges(&self) {
+        let index = self.index();
+        self.metrics.notes_indexed.set(index.len() as i64);
+        self.metrics.index_tombstones.set(index.tombstones() as i64);
+    }
+
+    /// Embeds, stores and indexes one note; a re-PUT of unchanged content is a no-op.
+    pub async fn put_note(&self, id: NoteId, note: Note) -> Result<PutOutcome, AppError> {
+        self.put_notes(vec![(id, note)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(AppError::Internal("note was not processed".into())))
+    }
+
+    /// Several notes: embedded together, stored in one transaction, then indexed. One result per
+    /// input, in order; a note that fails to embed does not stop the others.
+    pub async fn put_notes(&self, items: Vec<(NoteId, Note)>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
+        self.require_ready()?;
+        loop {
+            let serving = self.serving();
+            if let Some(results) = self.put_with(&serving, &items).await? {
+                return Ok(results);
+            }
+            tracing::info!(from = %serving.version, "models were switched while embedding a write; embedding again");
+        }
+    }
+
+    /// One attempt of [`put_notes`](Self::put_notes) with `serving`'s model; `None` when a switch
+    /// replaced it before the write got the gate (nothing was written).
+    async fn put_with(
+        &self,
+        serving: &Arc<Serving>,
+        items: &[(NoteId, Note)],
+    ) -> Result<Option<Vec<Result<PutOutcome, AppError>>>, AppError> {
+        let version = &serving.version;
+        let mut results: Vec<Option<Result<PutOutcome, AppError>>> = (0..items.len()).map(|_| None).collect();
+        let mut hashes = Vec::with_capacity(items.len());
+        let mut previous = Vec::with_capacity(items.len());
+        let mut to_embed = Vec::new();
+        for (i, (id, note)) in items.iter().enumerate() {
+            let hash = content_hash(note);
+            let prev = self.store.content_hash(id).await.map_err(|e| self.store_err("get", e))?;
+            if prev.as_deref() == Some(hash.as_str()) && serving.index.contains(id) {
+                results[i] = Some(Ok(PutOutcome {
+                    note_id: id.clone(),
+                    status: WriteStatus::Unchanged,
+                    seq: None,
+                    model_version: version.clone(),
+                }));
+            } else {
+                to_embed.push(i);
+            }
+            hashes.push(hash);
+            previous.push(prev);
+        }
+        let notes: Vec<Note> = to_embed.iter().map(|&i| items[i].1.clone()).collect();
+        let embedded = serving.batcher.embed_many(&notes).await;
+        let mut ok: Vec<(usize, Embedding)> = Vec::new();
+        for (&i, r) in to_embed.iter().zip(embedded) {
+            match r {
+                Ok(e) => ok.push((i, e)),
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        if !ok.is_empty() {
+            let _gate = self.gate.read().await;
+            // The serving model only changes under the exclusive gate, so from here it holds.
+            if !Arc::ptr_eq(&self.serving(), serving) {
+                return Ok(None);
+            }
+            let mut stripes: Vec<usize> = ok.iter().map(|(i, _)| self.stripe(&items[*i].0)).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let mut guards = Vec::with_capacity(stripes.len());
+            for s in stripes {
+                guards.push(self.stripes[s].lock().await);
+            }
+            let writes: Vec<NoteWrite<'_>> = ok
+                .iter()
+                .map(|(i, e)| NoteWrite {
+                    id: &items[*i].0,
+                    note: &items[*i].1,
+                    content_hash: &hashes[*i],
+                    embedding: e,
+                    model_version: version,
+                })
+                .collect();
+            let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
+            let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
+            serving.index.upsert_batch(&batch)?;
+            drop(guards);
+            for ((i, _), seq) in ok.iter().zip(seqs) {
+                let status = if previous[*i].is_some() { WriteStatus::Updated } else { WriteStatus::Created };
+                results[*i] = Some(Ok(PutOutcome {
+                    note_id: items[*i].0.clone(),
+                    status,
+                    seq: Some(seq),
+                    model_version: version.clone(),
+                }));
+            }
+            self.after_write();
+        }
+        Ok(Some(
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into()))))
+                .collect(),
+        ))
+    }
+
+    pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
+        self.store.get_note(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)
+    }
+
+    /// Deletes a note from the store and, at once, from every later `/related` answer.
+    pub async fn delete_note(&self, id: &NoteId) -> Result<i64, AppError> {
+        self.require_ready()?;
+        let _gate = self.gate.read().await;
+        let _stripe = self.stripes[self.stripe(id)].lock().await;
+        let seq =
+            self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or(AppError::NotFound)?;
+        self.index().remove(id);
+        self.after_write();
+        Ok(seq)
+    }
+
+    /// Top-k notes related to a stored note, never itself or a deleted note.
+    pub async fn related(&self, id: &NoteId, k: usize) -> Result<Related, AppError> {
+        self.require_ready()?;
+        let (serving, generation) = self.current();
+        Ok(self.search_related(serving, generation, id, k).await?.1)
+    }
+
+    /// [`related`](Self::related) as the JSON body of `GET /related/{id}`, from the answer
+    /// cache when it holds one computed under the current generation (then neither the store
+    /// nor the index is read). Errors are never cached.
+    pub async fn related_json(&self, id: NoteId, k: usize) -> Result<Bytes, AppError> {
+        self.require_ready()?;
+        let (serving, generation) = self.current();
+        let key = RelatedKey { id, k };
+        if let Some(body) = self.related_cache.get(&key, generation) {
+            return Ok(body);
+        }
+        let (generation, related) = self.search_related(serving, generation, &key.id, k).await?;
+        let body = Bytes::from(
+            serde_json::to_vec(&related).map_err(|e| AppError::Internal(format!("serializing an answer: {e}")))?,
+        );
+        if self.related_cache.is_enabled() {
+            self.related_cache.insert(key, body.clone(), generation, || self.generation());
+        }
+        Ok(body)
+    }
+
+    /// One uncached `/related` search with `serving`, whose generation was read before anything
+    /// else; returns the generation of the serving actually used (another after a switch).
+    async fn search_related(
+        &self,
+        mut serving: Arc<Serving>,
+        mut generation: Generation,
+        id: &NoteId,
+        k: usize,
+    ) -> Result<(Generation, Related), AppError> {
+        // The index holds the note's vector when it serves it (only vectors of the serving
+        // model enter it): no store read. Otherwise the store says 404 or 409, or the note was
+        // committed and is about to be indexed.
+        if let Some(hits) = serving.index.related(id, k) {
+            return Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)));
+        }
+        let (query, version) =
+            self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
+        if version != serving.version {
+            // A re-index switch commits the store's rows and then swaps the serving model, both
+            // under the exclusive gate: a read that saw a switched row waits for the swap.
+            let _gate = self.gate.read().await;
+            (serving, generation) = self.current();
+        }
+        if version != serving.version {
+            return Err(AppError::Conflict(format!(
+                "note {id} was embedded by model {version}, this service serves {}; run `notellm reindex`",
+                serving.version
+            )));
+        }
+        let hits = serving.index.search(&query, k, Some(id))?;
+        Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)))
+    }
+
+    /// Related notes for an unsaved draft (cold start); nothing is stored.
+    pub async fn related_draft(&self, note: &Note, k: usize) -> Result<Related, AppError> {
+        self.require_ready()?;
+        let serving = self.serving();
+        let e = serving.batcher.embed(note).await?;
+        let hits = serving.index.search(&e, k, None)?;
+        Ok(Self::related_answer(&serving, None, hits))
+    }
+
+    fn related_answer(serving: &Serving, id: Option<NoteId>, hits: Vec<Hit>) -> Related {
+        Related {
+            note_id: id,
+            model_version: serving.version.clone(),
+            related: hits.into_iter().map(|h| RelatedNote { note_id: h.id, score: h.score }).collect(),
+        }
+    }
+
+    /// Readiness: the model thread runs, the index is restored and the store answered its last
+    /// health probe. Answers at once (no round trip).
+    pub async fn readiness(&self) -> Result<(), String> {
+        if !self.serving().batcher.is_alive() {
+            return Err("the inference worker has stopped".into());
+        }
+        if !self.is_ready() {
+            return Err("the index is being restored".into());
+        }
+        match self.store.unreachable() {
+            Some(reason) => Err(format!("store unreachable: {reason}")),
+            None => Ok(()),
+        }
+    }
+
+    /// One health probe of the store (the server runs it every second): readiness and every
+    /// store operation fail fast while it fails (`Store::probe`).
+    pub async fn probe_store(&self, timeout: std::time::Duration) {
+        let up = match self.store.probe(timeout).await {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.store_errors.with_label_values(&["ping"]).inc();
+                false
+            }
+        };
+        self.metrics.store_up.set(i64::from(up));
+    }
+
+    fn after_write(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.update_index_gauges();
+        if self.index().needs_rebuild() && !self.rebuilding.swap(true, Ordering::SeqCst) {
+            let (index, flag, metrics) = (self.index(), self.rebuilding.clone(), self.metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let tombstones = index.tombstones();
+                if index.rebuild() {
+                    metrics.index_rebuilds.inc();
+                    tracing::info!(
+                        tombstones,
+                        live = index.len(),
+                        secs = started.elapsed().as_secs_f64(),
+                        "index rebuilt"
+                    );
+                }
+                metrics.notes_indexed.set(index.len() as i64);
+                metrics.index_tombstones.set(index.tombstones() as i64);
+                flag.store(false, Ordering::SeqCst);
+            });
+        }
+    }
+
+    /// Writes a snapshot of the index tagged with the store's seq, if anything changed since
+    /// the last one. Writes pause for its duration (the gate), so the tag is exact.
+    pub async fn snapshot(&self) -> Result<bool, AppError> {
+        if !self.is_ready() || !self.dirty.load(Ordering::SeqCst) {
+            self.refresh_snapshot_age();
+            return Ok(false);
+        }
+        let _gate = self.gate.write().await;
+        let position = self.store_position().await?;
+        let seq = position.seq;
+        let serving = self.serving();
+        let (index, dir) = (serving.index.clone(), serving.snapshot_dir.clone());
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || index.save_snapshot(&dir, &position))
+            .await
+            .map_err(|e| AppError::Internal(format!("snapshot task: {e}")))??;
+        self.dirty.store(false, Ordering::SeqCst);
+        self.mark_snapshot();
+        tracing::info!(
+            seq,
+            notes = self.index().len(),
+            model_version = %serving.version,
+            secs = started.elapsed().as_secs_f64(),
+            "index snapshot written"
+        );
+        Ok(true)
+    }
+
+    fn mark_snapshot(&self) {
+        if let Ok(mut t) = self.snapshot_at.lock() {
+            *t = Some(SystemTime::now());
+        }
+        self.refresh_snapshot_age();
+    }
+
+    /// Updates `notellm_snapshot_age_seconds`: 0 while the index equals its last snapshot (or
+    /// the store it was restored from), else seconds since it did. Called before every scrape.
+    pub fn refresh_snapshot_age(&self) {
+        let since = self.snapshot_at.lock().ok().and_then(|t| *t).and_then(|t| t.elapsed().ok());
+        let age = match since {
+            Some(d) if self.dirty.load(Ordering::SeqCst) => d.as_secs_f64(),
+            _ => 0.0,
+        };
+        self.metrics.snapshot_age.set(age);
+    }
+}

@@ -1,0 +1,257 @@
+//! The re-index job's steps (see the module doc of `reindex`): load, embed, catch up, switch.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::embedder::Embedder;
+use super::job::{Job, ReindexState};
+use super::ReindexError;
+use crate::batcher::Batcher;
+use crate::{App, Serving};
+use notellm_index::{IndexConfig, NoteIndex};
+use notellm_model::NoteLlm;
+use notellm_note::{Embedding, ModelVersion, Note, NoteId};
+use notellm_store::{Change, ReindexNote, StagedVector, Switch};
+
+/// Changes read per `changes_since` call while catching up.
+const CHANGES_PAGE: usize = 1_000;
+/// Catch-up passes before the switch holds writes anyway (when writes arrive as fast as the
+/// re-index embeds them, the last pass under the held gate absorbs the rest).
+const MAX_PASSES: usize = 20;
+
+/// What the steps share.
+struct Ctx {
+    app: Arc<App>,
+    job: Arc<Job>,
+    version: ModelVersion,
+    index: Arc<NoteIndex>,
+    embedder: Embedder,
+    batch_notes: usize,
+}
+
+/// Runs the job to its end and records how it ended; the old model serves unless it succeeded.
+pub(super) async fn run(app: Arc<App>, job: Arc<Job>, model_dir: PathBuf, version: ModelVersion, batch_notes: usize) {
+    let result = steps(&app, &job, &model_dir, version, batch_notes).await;
+    job.finish(result.as_ref().err());
+    let status = job.status();
+    match result {
+        Ok(()) => tracing::info!(
+            notes = status.notes_done,
+            reused = status.notes_reused,
+            changes = status.changes_applied,
+            write_hold_secs = status.write_hold_secs,
+            secs = status.elapsed_secs,
+            "re-index done; the new model serves"
+        ),
+        Err(ReindexError::Cancelled) => {
+            tracing::warn!(done = status.notes_done, "re-index cancelled; the old model serves")
+        }
+        Err(e) => tracing::error!(error = %e, "re-index failed; the old model serves"),
+    }
+}
+
+async fn steps(
+    app: &Arc<App>,
+    job: &Arc<Job>,
+    model_dir: &std::path::Path,
+    version: ModelVersion,
+    batch_notes: usize,
+) -> Result<(), ReindexError> {
+    let device = app.template.device.clone();
+    let dir = model_dir.to_owned();
+    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
+        .await
+        .map_err(|e| ReindexError::Internal(format!("model load task: {e}")))??;
+    if *model.version() != version {
+        return Err(ReindexError::BadModel {
+            path: model_dir.display().to_string(),
+            reason: format!("notellm.json changed while loading: now model {}", model.version()),
+        });
+    }
+    let model = Arc::new(model);
+    let cfg = IndexConfig { dim: model.embedding_dim(), ..app.template.index.clone() };
+    let index = Arc::new(NoteIndex::new(cfg)?);
+    let foreground = app.serving().batcher.foreground();
+    let embedder = Embedder::spawn(model.clone(), index.clone(), foreground, app.metrics.clone())?;
+    let ctx = Ctx { app: app.clone(), job: job.clone(), version, index, embedder, batch_notes };
+
+    job.check_cancel()?;
+    let start = app.store.max_seq().await?;
+    let total = app.store.count().await?;
+    job.update(|s| s.notes_total = total);
+    job.set_state(ReindexState::Embedding);
+    embed_all(&ctx, start).await?;
+
+    job.set_state(ReindexState::CatchingUp);
+    let mut pos = start;
+    for pass in 1..=MAX_PASSES {
+        let applied = catch_up(&ctx, &mut pos, true).await?;
+        tracing::info!(pass, applied, seq = pos, "re-index caught up");
+        if applied <= batch_notes as u64 {
+            break;
+        }
+    }
+    switch(&ctx, model, model_dir, pos).await
+}
+
+/// Every note stored by `start`, in id order: reused when a current vector is staged, else
+/// embedded. Notes written since are the catch-up's.
+async fn embed_all(ctx: &Ctx, start: i64) -> Result<(), ReindexError> {
+    let store = &ctx.app.store;
+    let mut after: Option<NoteId> = None;
+    let started = Instant::now();
+    loop {
+        ctx.job.check_cancel()?;
+        let page = store.reindex_scan(after.as_ref(), start, ctx.batch_notes, &ctx.version).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let n = page.len() as u64;
+        let reused = embed_chunk(ctx, page, true).await?;
+        ctx.job.update(|s| {
+            s.notes_done += n;
+            s.notes_reused += reused;
+        });
+        let s = ctx.job.status();
+        tracing::debug!(
+            done = s.notes_done,
+            total = s.notes_total,
+            rate = s.notes_done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            "re-embedding"
+        );
+    }
+    Ok(())
+}
+
+/// Brings the new index and the staged vectors up to every change after `pos`, advancing it;
+/// returns how many changes were applied. `background` is false once writes are held: then
+/// neither a cancel nor live traffic holds it up.
+async fn catch_up(ctx: &Ctx, pos: &mut i64, background: bool) -> Result<u64, ReindexError> {
+    let store = &ctx.app.store;
+    let mut applied = 0u64;
+    loop {
+        if background {
+            ctx.job.check_cancel()?;
+        }
+        let changes = store.changes_since(*pos, CHANGES_PAGE).await?;
+        let Some(last) = changes.last().map(Change::seq) else { break };
+        for chunk in changes.chunks(ctx.batch_notes) {
+            let mut notes = Vec::with_capacity(chunk.len());
+            for c in chunk {
+                match c {
+                    Change::Delete { id, .. } => {
+                        ctx.index.remove(id);
+                        store.unstage(id).await?;
+                    }
+                    // The note as it is now (it may have been written again since this change:
+                    // then that later change re-reads it, and finds it current).
+                    Change::Upsert { id, .. } => match store.reindex_note(id, &ctx.version).await? {
+                        Some(n) => notes.push(n),
+                        // Deleted since; its tombstone comes in a later page.
+                        None => {
+                            ctx.index.remove(id);
+                        }
+                    },
+                }
+            }
+            embed_chunk(ctx, notes, background).await?;
+            applied += chunk.len() as u64;
+            ctx.job.update(|s| s.changes_applied += chunk.len() as u64);
+        }
+        *pos = last;
+    }
+    Ok(applied)
+}
+
+/// Indexes a chunk of notes with the new model, staging what it embedded; returns how many
+/// staged vectors were reused. `background`: yield to live batches.
+async fn embed_chunk(ctx: &Ctx, notes: Vec<ReindexNote>, background: bool) -> Result<u64, ReindexError> {
+    let mut ready: Vec<(NoteId, Embedding)> = Vec::new();
+    let mut todo: Vec<(NoteId, Note)> = Vec::new();
+    let mut seqs: Vec<i64> = Vec::new();
+    for n in notes {
+        match n.staged {
+            Some(e) => ready.push((n.id, e)),
+            None => {
+                seqs.push(n.seq);
+                todo.push((n.id, n.note));
+            }
+        }
+    }
+    let reused = ready.len() as u64;
+    if todo.is_empty() && ready.is_empty() {
+        return Ok(0);
+    }
+    let embedded = ctx.embedder.run(todo, ready, background).await?;
+    let staged: Vec<StagedVector<'_>> = embedded
+        .iter()
+        .zip(&seqs)
+        .map(|((id, e), &source_seq)| StagedVector { id, embedding: e, source_seq })
+        .collect();
+    ctx.app.store.stage_vectors(&ctx.version, &staged).await?;
+    Ok(reused)
+}
+
+/// Holds writes, applies the last changes, switches the store and swaps the serving model.
+async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut pos: i64) -> Result<(), ReindexError> {
+    let (app, job) = (&ctx.app, &ctx.job);
+    job.set_state(ReindexState::Switching);
+    // The new model's threads start before writes are held.
+    let batcher = Batcher::spawn(model, app.template.batcher.clone(), app.metrics.clone())
+        .map_err(|e| ReindexError::Internal(format!("cannot start the new model's batcher: {e}")))?;
+    let serving = Serving {
+        version: ctx.version.clone(),
+        batcher: Arc::new(batcher),
+        index: ctx.index.clone(),
+        snapshot_dir: crate::snapshot_dir(&app.template.data_dir, &ctx.version.0),
+    };
+    let old = app.serving();
+    let gate = app.gate.write().await;
+    let held = Instant::now();
+    let applied = catch_up(ctx, &mut pos, false).await?;
+    let model_dir = model_dir.display().to_string();
+    let token = job.id();
+    let record = Switch {
+        model_version: &ctx.version,
+        model_dir: &model_dir,
+        previous_version: &old.version,
+        switch_token: &token,
+    };
+    let notes = match app.store.promote(&record).await {
+        Ok(p) => p.notes.to_string(),
+        // A commit whose answer was lost (the connection dropped after COMMIT): the record
+        // says whether this switch happened.
+        Err(e) => match app.store.active_model().await {
+            Ok(Some(a)) if a.switch_token == token => {
+                tracing::warn!(error = %e, "the switch's answer was lost but its record is committed");
+                "?".to_owned()
+            }
+            _ => return Err(e.into()),
+        },
+    };
+    app.set_serving(serving);
+    app.dirty.store(true, Ordering::SeqCst);
+    drop(gate);
+    let hold = held.elapsed().as_secs_f64();
+    job.update(|s| s.write_hold_secs = Some(hold));
+    app.metrics.reindex_write_hold.observe(hold);
+    let (pkg, backend) = (env!("CARGO_PKG_VERSION"), app.store.backend());
+    let _ = app.metrics.build_info.remove_label_values(&[pkg, &old.version.0, backend]);
+    app.metrics.build_info.with_label_values(&[pkg, &ctx.version.0, backend]).set(1.0);
+    app.update_index_gauges();
+    tracing::info!(
+        from = %old.version,
+        to = %ctx.version,
+        notes,
+        last_changes = applied,
+        write_hold_secs = hold,
+        "switched: the new model serves"
+    );
+    drop(old);
+    // A snapshot now, so that a restart loads the new index instead of rebuilding it.
+    if let Err(e) = app.snapshot().await {
+        tracing::warn!(error = %e, "snapshot after the switch failed; the next start rebuilds from the store");
+    }
+    Ok(())
+}

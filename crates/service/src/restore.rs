@@ -1,0 +1,169 @@
+//! Start-up: bring the index up to date with the store. Load the snapshot, check that the store
+//! is the one it was taken from, and replay the changes committed after its seq; when the
+//! snapshot is missing, corrupt, of another shape, contradicted by the store, or the changes it
+//! needs were purged, rebuild the index from a full scan of the store. Vectors of another model
+//! version never enter the index (they are counted and reported: `notellm reindex`).
+//!
+//! A snapshot the store contradicts: its seq is ahead of the store's (the store was restored
+//! from a backup taken before the snapshot, or the manifest was edited), or the write its seq
+//! names is not in the store as it was (a backup restored and then written to again). Replaying
+//! from such a seq would skip changes for ever and keep serving notes the store no longer has.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{App, AppError};
+use notellm_index::{NoteIndex, StorePosition, Witness};
+use notellm_note::NoteId;
+use notellm_store::{Change, StoreError};
+
+const PAGE: usize = 2_000;
+
+impl App {
+    /// Restores the index and marks the service ready.
+    pub async fn restore(&self) -> Result<(), AppError> {
+        let started = Instant::now();
+        let serving = self.serving();
+        let cfg = serving.index.config().clone();
+        let dir = serving.snapshot_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || NoteIndex::load_snapshot(&dir, cfg))
+            .await
+            .map_err(|e| AppError::Internal(format!("snapshot load task: {e}")))?;
+        let (index, changed) = match loaded {
+            Ok(Some((index, position))) => match self.contradiction(&position).await? {
+                Some(reason) => {
+                    tracing::warn!(seq = position.seq, %reason, "the store contradicts the index snapshot; rebuilding from the store");
+                    self.metrics.snapshots_rejected.inc();
+                    (self.rebuild_from_store().await?, true)
+                }
+                None => self.replay_onto(index, position.seq).await?,
+            },
+            Ok(None) => {
+                tracing::info!(dir = %serving.snapshot_dir.display(), "no index snapshot; building the index from the store");
+                (self.rebuild_from_store().await?, true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "index snapshot unusable; rebuilding from the store");
+                (self.rebuild_from_store().await?, true)
+            }
+        };
+        let notes = index.len();
+        self.set_serving(serving.with_index(index));
+        self.dirty.store(changed, Ordering::SeqCst);
+        self.mark_snapshot();
+        self.update_index_gauges();
+        self.ready.store(true, Ordering::SeqCst);
+        tracing::info!(notes, secs = started.elapsed().as_secs_f64(), "index restored; ready");
+        Ok(())
+    }
+
+    /// `Some(why)` when the store is not the one the snapshot at `position` was taken from
+    /// (see the module doc); `None` when it is consistent with it.
+    async fn contradiction(&self, position: &StorePosition) -> Result<Option<String>, AppError> {
+        let max = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        if position.seq > max {
+            return Ok(Some(format!(
+                "the snapshot holds changes up to seq {}, the store only up to {max}",
+                position.seq
+            )));
+        }
+        let Some(w) = &position.witness else { return Ok(None) };
+        let now = self.store.current_seq(&w.note_id).await.map_err(|e| self.store_err("get", e))?;
+        // The write the snapshot saw is still the note's latest, or a later write (after the
+        // snapshot's seq) superseded it; anything else is another history.
+        Ok(match now {
+            Some(seq) if seq == w.seq || seq > position.seq => None,
+            Some(seq) => Some(format!(
+                "note {} was written at seq {} when the snapshot was taken, the store has it at seq {seq}",
+                w.note_id, w.seq
+            )),
+            None => Some(format!("note {} (seq {}) is neither stored nor deleted in the store", w.note_id, w.seq)),
+        })
+    }
+
+    /// The store position the index holds every change of (called with the write gate shut):
+    /// the store's seq and its witness.
+    pub(super) async fn store_position(&self) -> Result<StorePosition, AppError> {
+        let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        let witness = self.store.witness(seq).await.map_err(|e| self.store_err("changes", e))?;
+        Ok(StorePosition { seq, witness: witness.map(|(note_id, seq)| Witness { note_id, seq }) })
+    }
+
+    /// The loaded snapshot brought up to date: the changes after `seq` replayed, or a rebuild
+    /// when they were purged. Returns the index and whether it differs from the snapshot.
+    async fn replay_onto(&self, index: NoteIndex, seq: i64) -> Result<(NoteIndex, bool), AppError> {
+        tracing::info!(seq, notes = index.len(), "index snapshot loaded; replaying newer changes");
+        match self.replay(&index, seq).await {
+            Ok(n) => Ok((index, n > 0)),
+            Err(AppError::Store(StoreError::ChangesPurged { .. })) => {
+                tracing::warn!("changes after the snapshot were purged; rebuilding from the store");
+                Ok((self.rebuild_from_store().await?, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies every change after `seq` to `index`; returns how many were applied.
+    async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<usize, AppError> {
+        let mine = self.model_version();
+        let mut applied = 0;
+        loop {
+            let changes = self.store.changes_since(seq, PAGE).await.map_err(|e| self.store_err("changes", e))?;
+            let Some(last) = changes.last() else { break };
+            seq = last.seq();
+            for c in changes {
+                match c {
+                    Change::Upsert { id, embedding, model_version, .. } if model_version == mine => {
+                        index.upsert(&id, &embedding)?
+                    }
+                    Change::Upsert { id, .. } | Change::Delete { id, .. } => {
+                        index.remove(&id);
+                    }
+                }
+                applied += 1;
+            }
+            tracing::info!(applied, seq, "replaying changes");
+        }
+        Ok(applied)
+    }
+
+    /// A fresh index holding every stored vector of this model version.
+    async fn rebuild_from_store(&self) -> Result<NoteIndex, AppError> {
+        let mine = self.model_version();
+        let index = NoteIndex::new(self.index().config().clone())?;
+        let total = self.store.count().await.map_err(|e| self.store_err("scan", e))?;
+        let mut after: Option<NoteId> = None;
+        let (mut seen, mut other_versions) = (0u64, 0u64);
+        let started = Instant::now();
+        loop {
+            let page = self.store.scan_embeddings(after.as_ref(), PAGE).await.map_err(|e| self.store_err("scan", e))?;
+            let Some((last, _, _)) = page.last() else { break };
+            after = Some(last.clone());
+            seen += page.len() as u64;
+            let mine: Vec<_> = page
+                .into_iter()
+                .filter(|(_, _, v)| {
+                    let ok = *v == mine;
+                    other_versions += u64::from(!ok);
+                    ok
+                })
+                .map(|(id, e, _)| (id, e))
+                .collect();
+            index.upsert_batch(&mine)?;
+            tracing::info!(
+                done = seen,
+                total,
+                rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                "building index from the store"
+            );
+        }
+        if other_versions > 0 {
+            tracing::warn!(
+                other_versions,
+                model_version = %mine,
+                "stored notes embedded by another model version are not served; run `notellm reindex`"
+            );
+        }
+        Ok(index)
+    }
+}

@@ -1,0 +1,393 @@
+//! Postgres backend (production; selected by a `postgres://` / `postgresql://` `DATABASE_URL`).
+//!
+//! Every write transaction first increments the one-row `notellm_seq` counter. The row lock that
+//! UPDATE takes is held until COMMIT, so writers allocate sequence numbers one at a time and
+//! commit in that order; a transaction becomes visible before it releases its locks, so once a
+//! reader can see seq `n`, every seq below `n` is visible too (see the module doc of `store`).
+//! Statements are combined with data-modifying CTEs so that a write holds the counter lock for as
+//! few round trips as possible.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgTransaction};
+
+use super::codec::{self, ChangeRow, EmbeddingRow, LabelRow, NoteRow, ScanRow};
+use super::migrations::{self, MigrationReport};
+use super::staging::{ActiveRow, ReindexRow};
+use super::{
+    ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions,
+    StoredNote, Switch,
+};
+use notellm_note::{Embedding, ModelVersion, NoteId};
+
+/// A pooled Postgres store.
+#[derive(Debug, Clone)]
+pub(crate) struct PgStore {
+    pool: PgPool,
+}
+
+/// Columns of a full note; `dim` and the timestamps are cast so that [`NoteRow`] fits both
+/// backends.
+const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content_hash, \
+     embedding, dim::BIGINT AS dim, model_version, seq, \
+     (EXTRACT(EPOCH FROM created_at) * 1000000)::BIGINT AS created_us, \
+     (EXTRACT(EPOCH FROM updated_at) * 1000000)::BIGINT AS updated_us";
+
+/// Takes `$1` sequence numbers; returns the last. Must be a write transaction's first statement.
+const ALLOCATE_SEQS: &str = "UPDATE notellm_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq";
+
+/// Inserts or replaces a note, and clears any tombstone left by an earlier delete of its id.
+const UPSERT: &str = "WITH untomb AS (DELETE FROM note_tombstones WHERE note_id = $1) \
+     INSERT INTO notes (note_id, title, content, hashtags, category, content_hash, embedding, \
+                        dim, model_version, seq) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+     ON CONFLICT (note_id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
+         hashtags = EXCLUDED.hashtags, category = EXCLUDED.category, \
+         content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, \
+         dim = EXCLUDED.dim, model_version = EXCLUDED.model_version, seq = EXCLUDED.seq, \
+         updated_at = now()";
+
+/// Deletes a note and any staged vector of it and leaves a tombstone; affects 0 rows when the
+/// note does not exist.
+const DELETE: &str = "WITH gone AS (DELETE FROM notes WHERE note_id = $1 RETURNING note_id), \
+          unstaged AS (DELETE FROM note_vectors WHERE note_id = $1) \
+     INSERT INTO note_tombstones (note_id, seq) SELECT note_id, $2 FROM gone \
+     ON CONFLICT (note_id) DO UPDATE SET seq = EXCLUDED.seq, deleted_at = now()";
+
+/// A note's text and seq with its current staged vector of version `$2` (re-index reads).
+const REINDEX_SELECT: &str = "SELECT n.note_id, n.title, n.content, n.hashtags, n.category, n.seq, \
+         v.embedding AS staged, v.dim::BIGINT AS staged_dim \
+     FROM notes AS n LEFT JOIN note_vectors AS v \
+         ON v.note_id = n.note_id AND v.model_version = $2 AND v.source_seq = n.seq";
+
+const STAGE: &str = "INSERT INTO note_vectors (note_id, model_version, embedding, dim, source_seq) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (note_id, model_version) DO UPDATE SET embedding = EXCLUDED.embedding, \
+         dim = EXCLUDED.dim, source_seq = EXCLUDED.source_seq";
+
+/// The switch's row update: the staged vectors of `$1` into `notes`, and new seqs from `$2 + 1`
+/// in the old order. Postgres evaluates the FROM list on the statement's snapshot, so the
+/// numbering reads the rows as they were before the update.
+const PROMOTE: &str = "UPDATE notes AS n SET embedding = v.embedding, dim = v.dim, \
+         model_version = v.model_version, seq = $2 + r.rn \
+     FROM (SELECT note_id, row_number() OVER (ORDER BY seq) AS rn FROM notes) AS r, note_vectors AS v \
+     WHERE r.note_id = n.note_id AND v.note_id = n.note_id AND v.model_version = $1";
+
+const CHANGES: &str = "SELECT note_id, seq, embedding, dim, model_version FROM ( \
+         SELECT note_id, seq, embedding, dim::BIGINT AS dim, model_version \
+           FROM notes WHERE seq > $1 \
+         UNION ALL \
+         SELECT note_id, seq, NULL::BYTEA, NULL::BIGINT, NULL::TEXT \
+           FROM note_tombstones WHERE seq > $1 \
+     ) AS c ORDER BY seq LIMIT $2";
+
+impl PgStore {
+    pub(crate) async fn connect(url: &str, opts: &StoreOptions) -> Result<(PgStore, MigrationReport)> {
+        // sqlx's parse errors do not echo the URL, so no password reaches the logs.
+        let mut options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("DATABASE_URL is not a usable Postgres URL: {e}")))?;
+        if options.get_application_name().is_none() {
+            options = options.application_name("notellm");
+        }
+        if let Some(schema) = &opts.schema {
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections)
+            .min_connections(opts.min_connections)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        if let Some(schema) = &opts.schema {
+            // The name was validated as a plain identifier by StoreOptions::validate.
+            let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&pool).await;
+            // IF NOT EXISTS is not race-free: a concurrent creator can still win with a
+            // unique violation, which means the schema exists, as wanted.
+            match created {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        let report = migrations::run_postgres(pool.acquire().await?).await?;
+        Ok((PgStore { pool }, report))
+    }
+
+    pub(crate) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(crate) async fn content_hash(&self, id: &NoteId) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT content_hash FROM notes WHERE note_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub(crate) async fn put_notes(&self, batch: &[NoteWrite<'_>]) -> Result<Vec<i64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let first = allocate_seqs(&mut tx, batch.len()).await?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (w, seq) in batch.iter().zip(first..) {
+            sqlx::query(UPSERT)
+                .bind(w.id.as_str())
+                .bind(&w.note.title)
+                .bind(&w.note.content)
+                .bind(codec::encode_hashtags(&w.note.hashtags))
+                .bind(w.note.category.as_deref())
+                .bind(w.content_hash)
+                .bind(codec::encode_embedding(w.embedding))
+                .bind(codec::embedding_dim(w.embedding)?)
+                .bind(&w.model_version.0)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            seqs.push(seq);
+        }
+        tx.commit().await?;
+        Ok(seqs)
+    }
+
+    pub(crate) async fn get_note(&self, id: &NoteId) -> Result<Option<StoredNote>> {
+        let sql = format!("SELECT {NOTE_COLUMNS} FROM notes WHERE note_id = $1");
+        let row: Option<NoteRow> = sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(&self.pool).await?;
+        row.map(NoteRow::decode).transpose()
+    }
+
+    pub(crate) async fn labels(&self, ids: &[NoteId]) -> Result<Vec<(NoteId, NoteLabels)>> {
+        let sql = codec::select_by_ids("note_id, hashtags, category", ids.len());
+        let mut q = sqlx::query_as::<_, LabelRow>(&sql);
+        for id in ids {
+            q = q.bind(id.as_str());
+        }
+        q.fetch_all(&self.pool).await?.into_iter().map(LabelRow::decode).collect()
+    }
+
+    pub(crate) async fn get_embedding(&self, id: &NoteId) -> Result<Option<(Embedding, ModelVersion)>> {
+        let row: Option<EmbeddingRow> =
+            sqlx::query_as("SELECT embedding, dim::BIGINT AS dim, model_version FROM notes WHERE note_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.decode(id)).transpose()
+    }
+
+    pub(crate) async fn delete_note(&self, id: &NoteId) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let seq = allocate_seqs(&mut tx, 1).await?;
+        let done = sqlx::query(DELETE).bind(id.as_str()).bind(seq).execute(&mut *tx).await?.rows_affected();
+        if done == 0 {
+            // Unknown note: give the sequence number back so that seqs stay gap-free.
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(seq))
+    }
+
+    pub(crate) async fn changes_since(&self, since: i64, limit: usize) -> Result<Vec<Change>> {
+        let rows: Vec<ChangeRow> = sqlx::query_as(CHANGES)
+            .bind(since)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        // Checked after reading: a purge that committed before the read is seen here.
+        let purged_through: i64 =
+            sqlx::query_scalar("SELECT purged_through FROM notellm_seq WHERE id = 1").fetch_one(&self.pool).await?;
+        if since < purged_through {
+            return Err(StoreError::ChangesPurged { since, purged_through });
+        }
+        codec::decode_all(rows, ChangeRow::decode)
+    }
+
+    pub(crate) async fn max_seq(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1").fetch_one(&self.pool).await?)
+    }
+
+    pub(crate) async fn witness(&self, at: i64) -> Result<Option<(NoteId, i64)>> {
+        let mut rows = Vec::with_capacity(codec::WITNESS.len());
+        for sql in codec::WITNESS {
+            rows.push(sqlx::query_as(sql).bind(at).fetch_optional(&self.pool).await?);
+        }
+        codec::later_witness(rows)
+    }
+
+    pub(crate) async fn current_seq(&self, id: &NoteId) -> Result<Option<i64>> {
+        for sql in codec::CURRENT_SEQ {
+            let seq: Option<i64> = sqlx::query_scalar(sql).bind(id.as_str()).fetch_optional(&self.pool).await?;
+            if seq.is_some() {
+                return Ok(seq);
+            }
+        }
+        Ok(None)
+    }
+
+    pub(crate) async fn count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    pub(crate) async fn scan_embeddings(
+        &self,
+        after: Option<&NoteId>,
+        limit: usize,
+    ) -> Result<Vec<(NoteId, Embedding, ModelVersion)>> {
+        let rows: Vec<ScanRow> = sqlx::query_as(
+            "SELECT note_id, embedding, dim::BIGINT AS dim, model_version FROM notes \
+             WHERE note_id > $1 ORDER BY note_id LIMIT $2",
+        )
+        .bind(after.map_or("", NoteId::as_str))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        codec::decode_all(rows, ScanRow::decode)
+    }
+
+    pub(crate) async fn purge_tombstones(&self, older_than: Duration) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // Lock order as in every writer: the counter row first, then note/tombstone rows.
+        sqlx::query("SELECT seq FROM notellm_seq WHERE id = 1 FOR UPDATE").execute(&mut *tx).await?;
+        let (purged, max_seq): (i64, Option<i64>) = sqlx::query_as(
+            "WITH p AS (DELETE FROM note_tombstones \
+                        WHERE deleted_at < now() - make_interval(secs => $1) RETURNING seq) \
+             SELECT count(*), max(seq) FROM p",
+        )
+        .bind(older_than.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(max_seq) = max_seq {
+            sqlx::query("UPDATE notellm_seq SET purged_through = GREATEST(purged_through, $1) WHERE id = 1")
+                .bind(max_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn reindex_scan(
+        &self,
+        after: Option<&NoteId>,
+        max_seq: i64,
+        limit: usize,
+        version: &ModelVersion,
+    ) -> Result<Vec<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id > $1 AND n.seq <= $4 ORDER BY n.note_id LIMIT $3");
+        let rows: Vec<ReindexRow> = sqlx::query_as(&sql)
+            .bind(after.map_or("", NoteId::as_str))
+            .bind(&version.0)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(max_seq)
+            .fetch_all(&self.pool)
+            .await?;
+        codec::decode_all(rows, ReindexRow::decode)
+    }
+
+    pub(crate) async fn reindex_note(&self, id: &NoteId, version: &ModelVersion) -> Result<Option<ReindexNote>> {
+        let sql = format!("{REINDEX_SELECT} WHERE n.note_id = $1");
+        let row: Option<ReindexRow> =
+            sqlx::query_as(&sql).bind(id.as_str()).bind(&version.0).fetch_optional(&self.pool).await?;
+        row.map(ReindexRow::decode).transpose()
+    }
+
+    pub(crate) async fn stage_vectors(&self, version: &ModelVersion, vectors: &[StagedVector<'_>]) -> Result<()> {
+        if vectors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for v in vectors {
+            sqlx::query(STAGE)
+                .bind(v.id.as_str())
+                .bind(&version.0)
+                .bind(codec::encode_embedding(v.embedding))
+                .bind(codec::embedding_dim(v.embedding)?)
+                .bind(v.source_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn unstage(&self, id: &NoteId) -> Result<()> {
+        sqlx::query("DELETE FROM note_vectors WHERE note_id = $1").bind(id.as_str()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn promote(&self, s: &Switch<'_>) -> Result<Promotion> {
+        let mut tx = self.pool.begin().await?;
+        // The counter row first, as every writer: no write can commit while the switch runs.
+        let before: i64 =
+            sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut *tx).await?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notes AS n WHERE NOT EXISTS (SELECT 1 FROM note_vectors AS v \
+             WHERE v.note_id = n.note_id AND v.model_version = $1 AND v.source_seq = n.seq)",
+        )
+        .bind(&s.model_version.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete {
+                version: s.model_version.0.clone(),
+                missing: u64::try_from(missing).unwrap_or(0),
+            });
+        }
+        let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(total).fetch_one(&mut *tx).await?;
+        let updated =
+            sqlx::query(PROMOTE).bind(&s.model_version.0).bind(before).execute(&mut *tx).await?.rows_affected();
+        let missing = u64::try_from(total).unwrap_or(0).saturating_sub(updated);
+        if missing > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Incomplete { version: s.model_version.0.clone(), missing });
+        }
+        sqlx::query("DELETE FROM note_vectors").execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO notellm_active_model (id, model_version, model_dir, previous_version, switch_token) \
+             VALUES (1, $1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET model_version = EXCLUDED.model_version, \
+                 model_dir = EXCLUDED.model_dir, previous_version = EXCLUDED.previous_version, \
+                 switch_token = EXCLUDED.switch_token, switched_at = now()",
+        )
+        .bind(&s.model_version.0)
+        .bind(s.model_dir)
+        .bind(&s.previous_version.0)
+        .bind(s.switch_token)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Promotion { notes: u64::try_from(total).unwrap_or(0), max_seq: last })
+    }
+
+    pub(crate) async fn active_model(&self) -> Result<Option<ActiveModel>> {
+        let row: Option<ActiveRow> = sqlx::query_as(
+            "SELECT model_version, model_dir, previous_version, switch_token, \
+                 (EXTRACT(EPOCH FROM switched_at) * 1000000)::BIGINT AS switched_us \
+             FROM notellm_active_model WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ActiveRow::decode).transpose()
+    }
+}
+
+/// Allocates `n` consecutive sequence numbers inside `tx` and returns the first. The counter
+/// row stays locked until `tx` ends, which is what makes seq order equal commit order.
+async fn allocate_seqs(tx: &mut PgTransaction<'_>, n: usize) -> Result<i64> {
+    let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
+    let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    Ok(last - n + 1)
+}
