@@ -15,6 +15,8 @@ use notellm_service::{ServiceLimits, SuggestFrom};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use common::Backend;
+
 struct Server {
     base: String,
     http: reqwest::Client,
@@ -34,12 +36,6 @@ impl Server {
         }
         let _ = (&mut self.task).await;
     }
-}
-
-#[derive(Clone)]
-struct Backend {
-    url: Option<String>,
-    schema: Option<String>,
 }
 
 async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut HttpConfig)) -> Server {
@@ -570,49 +566,18 @@ async fn related_cache_disabled(backend: Backend) {
     s.stop().await;
 }
 
-fn sqlite() -> Backend {
-    Backend { url: None, schema: None }
-}
-
-/// A fresh Postgres schema, or `None` (skip) when no database is reachable outside CI.
-async fn postgres() -> Option<Backend> {
-    let url = std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| v.starts_with("postgres")))
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
-    match sqlx::PgPool::connect(&url).await {
-        Ok(p) => p.close().await,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but Postgres at {url} is unreachable: {e}"),
-        Err(e) => {
-            eprintln!("skipping Postgres API test: {e} (set TEST_DATABASE_URL)");
-            return None;
-        }
-    }
-    Some(Backend { url: Some(url), schema: Some(format!("nl_api_{:016x}", rand::random::<u64>())) })
-}
-
-async fn drop_schema(b: &Backend) {
-    if let (Some(url), Some(schema)) = (&b.url, &b.schema) {
-        if let Ok(p) = sqlx::PgPool::connect(url).await {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&p).await;
-            p.close().await;
-        }
-    }
-}
-
 macro_rules! both_backends {
     ($($name:ident),*) => {
         mod on_sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::sqlite()).await })*
+            async fn $name() { super::$name(super::Backend::sqlite()).await })*
         }
         mod on_postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let Some(b) = super::postgres().await else { return };
+                let Some(b) = super::Backend::postgres("nl_api").await else { return };
                 super::$name(b.clone()).await;
-                super::drop_schema(&b).await;
+                b.drop().await;
             })*
         }
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use candle_core::Device;
 use notellm_model::config::Family;
 use notellm_model::NoteLlm;
-use notellm_service::batcher::{BatchError, Batcher, BatcherConfig};
+use notellm_service::batcher::{BatchError, Batcher, BatcherConfig, Queue};
 use notellm_service::metrics::Metrics;
 
 fn setup(dir: &std::path::Path, cfg: BatcherConfig) -> (Arc<NoteLlm>, Batcher, Metrics) {
@@ -56,7 +56,7 @@ async fn full_generation_queue_refuses() {
     let note = common::notes(1, 2).remove(0).1;
     let calls: Vec<_> = (0..12).map(|_| batcher.suggest(note.clone(), 3)).collect();
     let results = futures_join_all(calls).await;
-    let refused = results.iter().filter(|r| matches!(r, Err(BatchError::QueueFull { queue: "generate" }))).count();
+    let refused = results.iter().filter(|r| matches!(r, Err(BatchError::QueueFull { queue: Queue::Generate }))).count();
     let served = results.iter().filter(|r| r.is_ok()).count();
     assert!(refused >= 9 && served >= 1 && refused + served == 12, "refused {refused}, served {served}");
     assert_eq!(metrics.queue_rejected.with_label_values(&["generate"]).get() as usize, refused);

@@ -24,6 +24,8 @@ use notellm_service::ServiceLimits;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use common::Backend;
+
 const K: usize = 10;
 const VERSION_A: &str = "init-tiny-seed7";
 const VERSION_B: &str = "init-tiny-seed8";
@@ -47,47 +49,6 @@ fn models(dir: &Path) -> (PathBuf, PathBuf) {
         out
     };
     (make("model-a", 7, 32), make("model-b", 8, 24))
-}
-
-#[derive(Clone)]
-struct Backend {
-    url: Option<String>,
-    schema: Option<String>,
-}
-
-fn sqlite() -> Backend {
-    Backend { url: None, schema: None }
-}
-
-fn pg_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| v.starts_with("postgres")))
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh Postgres schema, or `None` (skip) when no database is reachable outside CI.
-async fn postgres() -> Option<Backend> {
-    let url = pg_url();
-    match sqlx::PgPool::connect(&url).await {
-        Ok(p) => p.close().await,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI is set but Postgres at {url} is unreachable: {e}"),
-        Err(e) => {
-            eprintln!("skipping Postgres re-index test: {e} (set TEST_DATABASE_URL)");
-            return None;
-        }
-    }
-    Some(Backend { url: Some(url), schema: Some(format!("nl_reidx_{:016x}", rand::random::<u64>())) })
-}
-
-async fn drop_schema(b: &Backend) {
-    if let (Some(url), Some(schema)) = (&b.url, &b.schema) {
-        if let Ok(p) = sqlx::PgPool::connect(url).await {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&p).await;
-            p.close().await;
-        }
-    }
 }
 
 /// The service in this process, over a real listener.
@@ -610,14 +571,14 @@ macro_rules! both_backends {
     ($($name:ident),*) => {
         mod on_sqlite {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::sqlite()).await })*
+            async fn $name() { super::$name(super::Backend::sqlite()).await })*
         }
         mod on_postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let Some(b) = super::postgres().await else { return };
+                let Some(b) = super::Backend::postgres("nl_reidx").await else { return };
                 super::$name(b.clone()).await;
-                super::drop_schema(&b).await;
+                b.drop().await;
             })*
         }
     };
@@ -694,8 +655,8 @@ async fn killed_mid_reindex_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_reindex_on_postgres() {
-    let Some(b) = postgres().await else { return };
+    let Some(b) = Backend::postgres("nl_reidx").await else { return };
     let (Some(url), Some(schema)) = (b.url.clone(), b.schema.clone()) else { return };
     killed_mid_reindex(vec![("NOTELLM_DATABASE_URL", url), ("NOTELLM_DATABASE_SCHEMA", schema)]).await;
-    drop_schema(&b).await;
+    b.drop().await;
 }

@@ -176,12 +176,14 @@ pub async fn wait_ready(p: &mut Proc, http: &reqwest::Client) {
     panic!("server not ready in time");
 }
 
-/// `TEST_DATABASE_URL` (or the local default) when Postgres answers; `None` (skip) when it does
-/// not, unless `CI` is set, where that is a failure.
+/// `TEST_DATABASE_URL`, else a `postgres://` `DATABASE_URL`, else the local default, when
+/// Postgres answers there; `None` (skip) when it does not, unless `CI` is set, where that is a
+/// failure.
 pub async fn postgres_url() -> Option<String> {
     let url = std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|v| !v.is_empty())
+        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|v| v.starts_with("postgres")))
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
     match sqlx::PgPool::connect(&url).await {
         Ok(p) => {
@@ -200,5 +202,32 @@ pub async fn drop_schema(url: &str, schema: &str) {
     if let Ok(p) = sqlx::PgPool::connect(url).await {
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&p).await;
         p.close().await;
+    }
+}
+
+/// Which store a test runs against: SQLite in the test's data directory, or a fresh schema of
+/// the test Postgres.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub url: Option<String>,
+    pub schema: Option<String>,
+}
+
+impl Backend {
+    pub fn sqlite() -> Self {
+        Self { url: None, schema: None }
+    }
+
+    /// A fresh schema named `<prefix>_<random>`, or `None` (skip) as [`postgres_url`] says.
+    pub async fn postgres(prefix: &str) -> Option<Self> {
+        let url = postgres_url().await?;
+        Some(Self { url: Some(url), schema: Some(format!("{prefix}_{:016x}", rand::random::<u64>())) })
+    }
+
+    /// Drops the Postgres schema (nothing for SQLite, whose file goes with its directory).
+    pub async fn drop(&self) {
+        if let (Some(url), Some(schema)) = (&self.url, &self.schema) {
+            drop_schema(url, schema).await;
+        }
     }
 }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, HttpConfig};
-use notellm_index::{IndexConfig, NoteIndex};
+use notellm_index::IndexConfig;
 use notellm_model::{DeviceSpec, NoteLlm};
-use notellm_service::batcher::{Batcher, BatcherConfig};
+use notellm_service::batcher::BatcherConfig;
 use notellm_service::metrics::Metrics;
-use notellm_service::{App, AppError, ServiceLimits, Serving, ServingTemplate, SuggestConfig};
+use notellm_service::{App, Reindexer, ServiceLimits, ServingTemplate, SuggestConfig};
 use notellm_store::{Store, StoreError, StoreOptions};
 
 pub use notellm_service::snapshot_dir;
@@ -67,7 +67,9 @@ pub enum ServerError {
     #[error("index: {0}")]
     Index(#[from] notellm_index::IndexError),
     #[error("{0}")]
-    App(#[from] AppError),
+    Config(String),
+    #[error("task failed: {0}")]
+    Task(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -81,7 +83,7 @@ pub enum ServerError {
 /// Connects the store, loads the model, starts the batcher; the index is empty until
 /// [`App::restore`].
 pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
-    cfg.suggest.validate().map_err(|e| ServerError::App(AppError::Invalid(e)))?;
+    cfg.suggest.validate().map_err(ServerError::Config)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
     let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
@@ -94,7 +96,7 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     let load_device = device.clone();
     let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &load_device))
         .await
-        .map_err(|e| AppError::Internal(format!("model load task: {e}")))??;
+        .map_err(|e| ServerError::Task(format!("model load: {e}")))??;
     let model = Arc::new(model);
     let metrics = Metrics::new()?;
     metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), &model.version().0, store.backend()]).set(1.0);
@@ -105,11 +107,10 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
         rebuild_tombstone_share: cfg.rebuild_tombstone_share,
         ..IndexConfig::new(model.embedding_dim())
     };
-    let index = NoteIndex::new(index_cfg.clone())?;
-    let batcher = Arc::new(Batcher::spawn(model, cfg.batcher.clone(), metrics.clone())?);
-    let serving = Serving::new(batcher, index, &cfg.data_dir);
     let template =
         ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
+    let index = Arc::new(template.index_for(&model)?);
+    let serving = template.serve(model, index, &metrics)?;
     Ok(Arc::new(App::new(
         store,
         serving,
@@ -163,13 +164,14 @@ pub async fn run(
             }
         })
     };
-    let router = api::router(app.clone(), http);
+    let reindex = Arc::new(Reindexer::new(app.clone()));
+    let router = api::router(app.clone(), reindex.clone(), http);
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped accepting; in-flight requests drained");
     snapshots.abort();
     restoring.abort();
     probe.abort();
-    stop_reindex(&app).await;
+    stop_reindex(&reindex).await;
     match app.snapshot().await {
         Ok(true) => tracing::info!("final snapshot written"),
         Ok(false) => tracing::info!("index unchanged since the last snapshot"),
@@ -181,18 +183,13 @@ pub async fn run(
 
 /// Cancels a running re-index and waits for it to stop: it must not write to a store being
 /// closed. What it staged stays for the next attempt.
-async fn stop_reindex(app: &App) {
-    if app.cancel_reindex().is_err() {
+async fn stop_reindex(reindex: &Reindexer) {
+    if reindex.cancel().is_err() {
         return;
     }
     tracing::info!("cancelling the running re-index");
-    let deadline = tokio::time::Instant::now() + REINDEX_STOP_WAIT;
-    while app.reindex_status().is_some_and(|s| !s.state.is_finished()) {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!("the re-index did not stop in time; shutting down anyway");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if tokio::time::timeout(REINDEX_STOP_WAIT, reindex.finished()).await.is_err() {
+        tracing::warn!("the re-index did not stop in time; shutting down anyway");
     }
 }
 

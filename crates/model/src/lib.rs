@@ -6,6 +6,7 @@
 //! side effects of getting a checkpoint (downloads, imports, overlays) live in
 //! `notellm-artifacts`, above it.
 
+pub mod batching;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

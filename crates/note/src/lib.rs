@@ -1,6 +1,8 @@
 //! Domain types shared by every layer: a note, its id, its embedding and the model version that
 //! produced it. Values are validated once, when they are built, so that lower layers can trust them.
 
+pub mod hash;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

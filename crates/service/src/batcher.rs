@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
-use notellm_model::{GenerateOptions, NoteLlm, Suggestion};
+use notellm_model::{batching, GenerateOptions, NoteLlm, Suggestion};
 use notellm_note::{Embedding, Note};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,10 +57,38 @@ impl Default for BatcherConfig {
     }
 }
 
+/// The batcher's two bounded queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Notes waiting to be embedded.
+    Embed,
+    /// Notes waiting for hashtags and a category.
+    Generate,
+}
+
+impl Queue {
+    /// The `queue` label of the batcher's metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Queue::Embed => "embed",
+            Queue::Generate => "generate",
+        }
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queue::Embed => "embedding",
+            Queue::Generate => "generation",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     #[error("the {queue} queue is full")]
-    QueueFull { queue: &'static str },
+    QueueFull { queue: Queue },
     #[error("the note is {tokens} tokens long; at most {max} fit in a batch")]
     TooLong { tokens: usize, max: usize },
     #[error("the note cannot be embedded: {0}")]
@@ -69,32 +97,6 @@ pub enum BatchError {
     Model(String),
     #[error("the inference worker has stopped")]
     Closed,
-}
-
-/// The rule that closes a batch: at most `max_notes` notes and `longest x count <= max_tokens`.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    max_notes: usize,
-    max_tokens: usize,
-    longest: usize,
-    count: usize,
-}
-
-impl Budget {
-    pub fn new(max_notes: usize, max_tokens: usize) -> Self {
-        Self { max_notes: max_notes.max(1), max_tokens, longest: 0, count: 0 }
-    }
-
-    /// Admits a note of `len` tokens if it fits; the first note of a batch always fits.
-    pub fn admit(&mut self, len: usize) -> bool {
-        let longest = self.longest.max(len);
-        let fits = self.count == 0 || (self.count < self.max_notes && longest * (self.count + 1) <= self.max_tokens);
-        if fits {
-            self.longest = longest;
-            self.count += 1;
-        }
-        fits
-    }
 }
 
 /// How busy the live embedding path is, for background work that must yield to it.
@@ -204,13 +206,13 @@ impl Batcher {
         self.foreground.pending.fetch_add(1, Ordering::SeqCst);
         match self.embed_tx.try_send(EmbedJob { ids, reply, enqueued: Instant::now() }) {
             Ok(()) => {
-                self.metrics.queue_depth.with_label_values(&["embed"]).inc();
+                self.metrics.queue_depth.with_label_values(&[Queue::Embed.label()]).inc();
                 Ok(rx)
             }
             Err(TrySendError::Full(_)) => {
                 self.foreground.done(1);
-                self.metrics.queue_rejected.with_label_values(&["embed"]).inc();
-                Err(BatchError::QueueFull { queue: "embed" })
+                self.metrics.queue_rejected.with_label_values(&[Queue::Embed.label()]).inc();
+                Err(BatchError::QueueFull { queue: Queue::Embed })
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.foreground.done(1);
@@ -242,10 +244,10 @@ impl Batcher {
     pub async fn suggest(&self, note: Note, max_hashtags: usize) -> Result<Suggestion, BatchError> {
         let (reply, rx) = oneshot::channel();
         match self.gen_tx.try_send(GenJob { note, max_hashtags, reply }) {
-            Ok(()) => self.metrics.queue_depth.with_label_values(&["generate"]).inc(),
+            Ok(()) => self.metrics.queue_depth.with_label_values(&[Queue::Generate.label()]).inc(),
             Err(TrySendError::Full(_)) => {
-                self.metrics.queue_rejected.with_label_values(&["generate"]).inc();
-                return Err(BatchError::QueueFull { queue: "generate" });
+                self.metrics.queue_rejected.with_label_values(&[Queue::Generate.label()]).inc();
+                return Err(BatchError::QueueFull { queue: Queue::Generate });
             }
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Closed),
         }
@@ -255,8 +257,8 @@ impl Batcher {
 
 /// Forms batches from the queue and runs them until every sender is gone.
 fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m: &Metrics, fg: &Foreground) {
-    let depth = m.queue_depth.with_label_values(&["embed"]);
-    let dropped = m.requests_dropped.with_label_values(&["embed", "client_gone"]);
+    let depth = m.queue_depth.with_label_values(&[Queue::Embed.label()]);
+    let dropped = m.requests_dropped.with_label_values(&[Queue::Embed.label(), "client_gone"]);
     let batch_notes = cfg.max_batch_notes.max(1);
     let cap = batch_notes * WINDOW_BATCHES;
     while let Ok(first) = rx.recv() {
@@ -281,14 +283,10 @@ fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m:
             window.push(next);
         }
         // Similar lengths together, then cut by the budget: little padding per batch.
-        window.sort_by_key(|j| j.ids.len());
-        let mut rest = window.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut budget = Budget::new(batch_notes, cfg.max_batch_tokens);
-            let mut batch = Vec::new();
-            while let Some(j) = rest.next_if(|j| budget.admit(j.ids.len())) {
-                batch.push(j);
-            }
+        let lens: Vec<usize> = window.iter().map(|j| j.ids.len()).collect();
+        let mut jobs: Vec<Option<EmbedJob>> = window.into_iter().map(Some).collect();
+        for indices in batching::by_length(&lens, batch_notes, cfg.max_batch_tokens) {
+            let mut batch: Vec<EmbedJob> = indices.iter().filter_map(|&i| jobs[i].take()).collect();
             batch.retain(|j| {
                 let gone = j.reply.is_closed();
                 if gone {
@@ -307,8 +305,8 @@ fn embed_worker(rx: Receiver<EmbedJob>, model: &NoteLlm, cfg: &BatcherConfig, m:
     tracing::info!("embedding worker stopped");
 }
 
+/// Runs one batch, sorted by length (`batching::by_length`).
 fn run_batch(mut batch: Vec<EmbedJob>, model: &NoteLlm, m: &Metrics) {
-    batch.sort_by_key(|j| j.ids.len());
     let n = batch.len();
     let real: usize = batch.iter().map(|j| j.ids.len()).sum();
     let padded = batch.last().map_or(0, |j| j.ids.len()) * n;
@@ -347,8 +345,8 @@ fn run_batch(mut batch: Vec<EmbedJob>, model: &NoteLlm, m: &Metrics) {
 }
 
 fn gen_worker(rx: &Mutex<Receiver<GenJob>>, model: &NoteLlm, m: &Metrics) {
-    let depth = m.queue_depth.with_label_values(&["generate"]);
-    let dropped = m.requests_dropped.with_label_values(&["generate", "client_gone"]);
+    let depth = m.queue_depth.with_label_values(&[Queue::Generate.label()]);
+    let dropped = m.requests_dropped.with_label_values(&[Queue::Generate.label(), "client_gone"]);
     loop {
         let job = {
             let Ok(guard) = rx.lock() else { return };
@@ -373,37 +371,5 @@ fn gen_worker(rx: &Mutex<Receiver<GenJob>>, model: &NoteLlm, m: &Metrics) {
             Err(_) => Err(BatchError::Model("internal error".into())),
         };
         let _ = job.reply.send(reply);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Cutting a FIFO queue with `Budget` serves every note exactly once, in order, and no
-        /// batch breaks a limit (a single note longer than the budget is refused up front, so
-        /// lengths here stay within it).
-        #[test]
-        fn budget_cuts_queues_within_limits(lens in proptest::collection::vec(1usize..300, 1..200), max_notes in 1usize..40, max_tokens in 300usize..5000) {
-            let mut batches: Vec<Vec<usize>> = Vec::new();
-            let mut i = 0;
-            while i < lens.len() {
-                let mut b = Budget::new(max_notes, max_tokens);
-                let mut cur = Vec::new();
-                while i < lens.len() && b.admit(lens[i]) {
-                    cur.push(lens[i]);
-                    i += 1;
-                }
-                prop_assert!(!cur.is_empty());
-                batches.push(cur);
-            }
-            prop_assert_eq!(batches.concat(), lens);
-            for b in &batches {
-                prop_assert!(b.len() <= max_notes);
-                prop_assert!(b.iter().max().unwrap() * b.len() <= max_tokens);
-            }
-        }
     }
 }

@@ -3,16 +3,22 @@
 //! the HNSW index (a cache of it) and the micro-batcher (the model). `api/` is a thin transport
 //! over this.
 //!
-//! Write ordering. A write embeds first (outside any lock), then, holding its note's stripe lock
-//! and the shared side of the snapshot gate, commits to the store and updates the index. Two
+//! The parts, one idea each: [`App`] (this file: the operations), the write gate (`gate.rs`:
+//! the write-ordering rule, the dirty flag), the serving slot (`serving.rs`: what serves and its
+//! epoch), the restore (`restore.rs`), `/suggest-tags` (`suggest.rs`), the answer cache
+//! (`related_cache.rs`), the micro-batcher (`batcher.rs`), and the re-index (`reindex/`), which
+//! drives an `App` through its methods only.
+//!
+//! Write ordering. A write embeds first (outside any lock), then, inside the write gate (its
+//! notes' stripes and the gate's shared side), commits to the store and updates the index. Two
 //! writes of one note therefore reach store and index in the same order, and a snapshot (which
-//! takes the exclusive side of the gate) sees an index that holds exactly the store's changes up
-//! to the seq it is tagged with.
+//! holds the gate's exclusive side) sees an index that holds exactly the store's changes up to
+//! the seq it is tagged with.
 //!
 //! What serves is one [`Serving`] (model version, batcher, index, snapshot folder), swapped whole
-//! by a re-index (`reindex/`) while it holds the exclusive side of the gate. A request takes the
-//! current `Serving` once, so its answer comes from one model version; a write that embedded with
-//! a model that was switched out before it got the gate embeds again with the new one.
+//! by a restore or a re-index, and only while the gate is held. A request takes the current
+//! `Serving` once, so its answer comes from one model version; a write that embedded with a
+//! model that was switched out before it entered the gate embeds again with the new one.
 //!
 //! `GET /related` answers are cached per (note, k) for one generation of what serves
 //! (`related_cache.rs`): the serving epoch (incremented by every swap) and the index's version
@@ -21,6 +27,7 @@
 
 pub mod batcher;
 mod error;
+mod gate;
 pub mod metrics;
 pub mod reindex;
 mod related_cache;
@@ -29,27 +36,27 @@ mod serving;
 mod suggest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{Mutex as AsyncMutex, RwLock};
 
-pub use error::AppError;
-pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus};
+pub use error::{AppError, Conflict};
+pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus, Reindexer};
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, Serving, ServingTemplate};
 pub use suggest::{
     SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
 };
 
+use crate::gate::{Held, WriteGate};
 use crate::metrics::Metrics;
+use crate::serving::ServingSlot;
 use notellm_index::{Hit, NoteIndex};
 use notellm_note::{Embedding, ModelVersion, Note, NoteId, NoteLimits};
 use notellm_store::{content_hash, NoteWrite, Store, StoredNote};
 
-const STRIPES: usize = 64;
 /// `--related-cache-entries`' default: about 70 MB of answers at k = 20.
 pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
 
@@ -102,16 +109,10 @@ pub struct Related {
     pub related: Vec<RelatedNote>,
 }
 
-/// What serves now, and how many times it was swapped (the serving half of a [`Generation`]).
-struct Current {
-    serving: Arc<Serving>,
-    epoch: u64,
-}
-
 pub struct App {
     pub store: Store,
     /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
-    serving: std::sync::RwLock<Current>,
+    serving: ServingSlot,
     /// `GET /related` answers (JSON bodies) by (note, k), for one generation.
     related_cache: RelatedCache<Bytes>,
     /// How to build a `Serving` for another checkpoint.
@@ -120,16 +121,11 @@ pub struct App {
     pub limits: ServiceLimits,
     /// How `/suggest-tags` answers (`suggest.rs`).
     suggest: SuggestConfig,
-    gate: RwLock<()>,
-    stripes: Vec<AsyncMutex<()>>,
+    gate: WriteGate,
+    /// The index is restored and writes are accepted.
     ready: AtomicBool,
-    /// When the index last matched a snapshot on disk (written or loaded).
-    snapshot_at: Mutex<Option<SystemTime>>,
-    /// Whether the index changed since that snapshot.
-    dirty: AtomicBool,
+    /// A background rebuild of the index (too many tombstones) is running.
     rebuilding: Arc<AtomicBool>,
-    /// The running or last re-index.
-    reindex: reindex::Slot,
 }
 
 impl App {
@@ -149,44 +145,46 @@ impl App {
         };
         Self {
             store,
-            serving: std::sync::RwLock::new(Current { serving: Arc::new(serving), epoch: 0 }),
+            serving: ServingSlot::new(serving),
             related_cache: RelatedCache::new(related_cache_entries, cache_metrics),
             template,
             metrics,
             limits,
             suggest,
-            gate: RwLock::new(()),
-            stripes: (0..STRIPES).map(|_| AsyncMutex::new(())).collect(),
+            gate: WriteGate::new(),
             ready: AtomicBool::new(false),
-            snapshot_at: Mutex::new(None),
-            dirty: AtomicBool::new(false),
             rebuilding: Arc::new(AtomicBool::new(false)),
-            reindex: reindex::Slot::default(),
         }
     }
 
     /// The model version, batcher and index serving now.
     pub fn serving(&self) -> Arc<Serving> {
-        self.current().0
+        self.serving.get()
     }
 
-    /// What serves now and its generation, read together (a swap holds the write lock).
     fn current(&self) -> (Arc<Serving>, Generation) {
-        let c = self.serving.read().unwrap_or_else(|e| e.into_inner());
-        let generation = Generation { serving: c.epoch, index: c.serving.index.version() };
-        (c.serving.clone(), generation)
+        self.serving.current()
     }
 
     fn generation(&self) -> Generation {
         self.current().1
     }
 
-    fn set_serving(&self, serving: Serving) {
-        let serving = Arc::new(serving);
-        let mut c = self.serving.write().unwrap_or_else(|e| e.into_inner());
-        c.serving = serving;
-        // Every answer cached so far came from the index just replaced.
-        c.epoch += 1;
+    /// How a `Serving` for another checkpoint is built (a re-index).
+    pub(crate) fn template(&self) -> &ServingTemplate {
+        &self.template
+    }
+
+    /// Holds every write out (a snapshot, a restore, a re-index switch).
+    pub(crate) async fn hold_writes(&self) -> Held<'_> {
+        self.gate.hold().await
+    }
+
+    /// Makes `serving` what serves; writes are held meanwhile, and its index counts as changed
+    /// since the last snapshot.
+    pub(crate) fn swap_serving(&self, serving: Serving, held: &Held<'_>) {
+        self.serving.swap(serving, held);
+        held.changed();
     }
 
     /// The index currently serving.
@@ -213,26 +211,17 @@ impl App {
         if self.is_ready() {
             Ok(())
         } else {
-            Err(AppError::Unavailable("the index is being restored".into()))
+            Err(AppError::NotReady("the index is being restored".into()))
         }
-    }
-
-    fn stripe(&self, id: &NoteId) -> usize {
-        // FNV-1a: stable and cheap; only spreads ids over the stripes.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in id.as_str().bytes() {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-        (h % STRIPES as u64) as usize
     }
 
     fn store_err(&self, op: &str, e: notellm_store::StoreError) -> AppError {
         self.metrics.store_errors.with_label_values(&[op]).inc();
-        tracing::error!(op, error = %e, "store operation failed");
-        AppError::Store(e)
+        tracing::error!(op, kind = e.kind(), error = %e, "store operation failed");
+        e.into()
     }
 
-    fn update_index_gauges(&self) {
+    pub(crate) fn update_index_gauges(&self) {
         let index = self.index();
         self.metrics.notes_indexed.set(index.len() as i64);
         self.metrics.index_tombstones.set(index.tombstones() as i64);
@@ -297,17 +286,10 @@ impl App {
             }
         }
         if !ok.is_empty() {
-            let _gate = self.gate.read().await;
-            // The serving model only changes under the exclusive gate, so from here it holds.
+            let guard = self.gate.write(ok.iter().map(|(i, _)| &items[*i].0)).await;
+            // What serves only changes while the gate is held, so from here it holds.
             if !Arc::ptr_eq(&self.serving(), serving) {
                 return Ok(None);
-            }
-            let mut stripes: Vec<usize> = ok.iter().map(|(i, _)| self.stripe(&items[*i].0)).collect();
-            stripes.sort_unstable();
-            stripes.dedup();
-            let mut guards = Vec::with_capacity(stripes.len());
-            for s in stripes {
-                guards.push(self.stripes[s].lock().await);
             }
             let writes: Vec<NoteWrite<'_>> = ok
                 .iter()
@@ -322,7 +304,8 @@ impl App {
             let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
             let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
             serving.index.upsert_batch(&batch)?;
-            drop(guards);
+            guard.changed();
+            drop(guard);
             for ((i, _), seq) in ok.iter().zip(seqs) {
                 let status = if previous[*i].is_some() { WriteStatus::Updated } else { WriteStatus::Created };
                 results[*i] = Some(Ok(PutOutcome {
@@ -343,17 +326,18 @@ impl App {
     }
 
     pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
-        self.store.get_note(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)
+        self.store.get_note(id).await.map_err(|e| self.store_err("get", e))?.ok_or_else(note_not_found)
     }
 
     /// Deletes a note from the store and, at once, from every later `/related` answer.
     pub async fn delete_note(&self, id: &NoteId) -> Result<i64, AppError> {
         self.require_ready()?;
-        let _gate = self.gate.read().await;
-        let _stripe = self.stripes[self.stripe(id)].lock().await;
+        let guard = self.gate.write([id]).await;
         let seq =
-            self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or(AppError::NotFound)?;
+            self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or_else(note_not_found)?;
         self.index().remove(id);
+        guard.changed();
+        drop(guard);
         self.after_write();
         Ok(seq)
     }
@@ -401,18 +385,21 @@ impl App {
             return Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)));
         }
         let (query, version) =
-            self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or(AppError::NotFound)?;
+            self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?.ok_or_else(note_not_found)?;
         if version != serving.version {
             // A re-index switch commits the store's rows and then swaps the serving model, both
-            // under the exclusive gate: a read that saw a switched row waits for the swap.
-            let _gate = self.gate.read().await;
+            // while the gate is held: a read that saw a switched row waits for the swap.
+            self.gate.wait_for_holder().await;
             (serving, generation) = self.current();
         }
         if version != serving.version {
-            return Err(AppError::Conflict(format!(
-                "note {id} was embedded by model {version}, this service serves {}; run `notellm reindex`",
-                serving.version
-            )));
+            return Err(AppError::Conflict(
+                Conflict::ModelVersion,
+                format!(
+                    "note {id} was embedded by model {version}, this service serves {}; run `notellm reindex`",
+                    serving.version
+                ),
+            ));
         }
         let hits = serving.index.search(&query, k, Some(id))?;
         Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)))
@@ -464,7 +451,6 @@ impl App {
     }
 
     fn after_write(&self) {
-        self.dirty.store(true, Ordering::SeqCst);
         self.update_index_gauges();
         if self.index().needs_rebuild() && !self.rebuilding.swap(true, Ordering::SeqCst) {
             let (index, flag, metrics) = (self.index(), self.rebuilding.clone(), self.metrics.clone());
@@ -490,11 +476,11 @@ impl App {
     /// Writes a snapshot of the index tagged with the store's seq, if anything changed since
     /// the last one. Writes pause for its duration (the gate), so the tag is exact.
     pub async fn snapshot(&self) -> Result<bool, AppError> {
-        if !self.is_ready() || !self.dirty.load(Ordering::SeqCst) {
+        if !self.is_ready() || !self.gate.is_dirty() {
             self.refresh_snapshot_age();
             return Ok(false);
         }
-        let _gate = self.gate.write().await;
+        let held = self.gate.hold().await;
         let position = self.store_position().await?;
         let seq = position.seq;
         let serving = self.serving();
@@ -503,8 +489,9 @@ impl App {
         tokio::task::spawn_blocking(move || index.save_snapshot(&dir, &position))
             .await
             .map_err(|e| AppError::Internal(format!("snapshot task: {e}")))??;
-        self.dirty.store(false, Ordering::SeqCst);
-        self.mark_snapshot();
+        held.matches_snapshot(false);
+        drop(held);
+        self.refresh_snapshot_age();
         tracing::info!(
             seq,
             notes = self.index().len(),
@@ -515,21 +502,13 @@ impl App {
         Ok(true)
     }
 
-    fn mark_snapshot(&self) {
-        if let Ok(mut t) = self.snapshot_at.lock() {
-            *t = Some(SystemTime::now());
-        }
-        self.refresh_snapshot_age();
-    }
-
     /// Updates `notellm_snapshot_age_seconds`: 0 while the index equals its last snapshot (or
     /// the store it was restored from), else seconds since it did. Called before every scrape.
     pub fn refresh_snapshot_age(&self) {
-        let since = self.snapshot_at.lock().ok().and_then(|t| *t).and_then(|t| t.elapsed().ok());
-        let age = match since {
-            Some(d) if self.dirty.load(Ordering::SeqCst) => d.as_secs_f64(),
-            _ => 0.0,
-        };
-        self.metrics.snapshot_age.set(age);
+        self.metrics.snapshot_age.set(self.gate.snapshot_age_secs());
     }
+}
+
+fn note_not_found() -> AppError {
+    AppError::NotFound("note not found".into())
 }

@@ -247,7 +247,7 @@ impl Metrics {
         for outcome in REINDEX_OUTCOMES {
             m.reindex_runs.with_label_values(&[outcome]).reset();
         }
-        for q in ["embed", "generate"] {
+        for q in [crate::batcher::Queue::Embed.label(), crate::batcher::Queue::Generate.label()] {
             m.queue_depth.with_label_values(&[q]).set(0);
             m.queue_rejected.with_label_values(&[q]).reset();
             m.requests_dropped.with_label_values(&[q, "client_gone"]).reset();

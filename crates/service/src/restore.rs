@@ -48,9 +48,11 @@ impl App {
             }
         };
         let notes = index.len();
-        self.set_serving(serving.with_index(index));
-        self.dirty.store(changed, Ordering::SeqCst);
-        self.mark_snapshot();
+        let held = self.hold_writes().await;
+        self.swap_serving(serving.with_index(index), &held);
+        held.matches_snapshot(changed);
+        drop(held);
+        self.refresh_snapshot_age();
         self.update_index_gauges();
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(notes, secs = started.elapsed().as_secs_f64(), "index restored; ready");
@@ -93,22 +95,26 @@ impl App {
     /// when they were purged. Returns the index and whether it differs from the snapshot.
     async fn replay_onto(&self, index: NoteIndex, seq: i64) -> Result<(NoteIndex, bool), AppError> {
         tracing::info!(seq, notes = index.len(), "index snapshot loaded; replaying newer changes");
-        match self.replay(&index, seq).await {
-            Ok(n) => Ok((index, n > 0)),
-            Err(AppError::Store(StoreError::ChangesPurged { .. })) => {
+        match self.replay(&index, seq).await? {
+            Some(n) => Ok((index, n > 0)),
+            None => {
                 tracing::warn!("changes after the snapshot were purged; rebuilding from the store");
                 Ok((self.rebuild_from_store().await?, true))
             }
-            Err(e) => Err(e),
         }
     }
 
-    /// Applies every change after `seq` to `index`; returns how many were applied.
-    async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<usize, AppError> {
+    /// Applies every change after `seq` to `index`; returns how many were applied, or `None`
+    /// when some of them were purged (then only a rebuild is right).
+    async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<Option<usize>, AppError> {
         let mine = self.model_version();
         let mut applied = 0;
         loop {
-            let changes = self.store.changes_since(seq, PAGE).await.map_err(|e| self.store_err("changes", e))?;
+            let changes = match self.store.changes_since(seq, PAGE).await {
+                Ok(changes) => changes,
+                Err(StoreError::ChangesPurged { .. }) => return Ok(None),
+                Err(e) => return Err(self.store_err("changes", e)),
+            };
             let Some(last) = changes.last() else { break };
             seq = last.seq();
             for c in changes {
@@ -124,7 +130,7 @@ impl App {
             }
             tracing::info!(applied, seq, "replaying changes");
         }
-        Ok(applied)
+        Ok(Some(applied))
     }
 
     /// A fresh index holding every stored vector of this model version.

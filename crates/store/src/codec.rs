@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use notellm_note::hash::Fnv1a128;
 use notellm_note::{Embedding, ModelVersion, Note, NoteId};
 
 use super::{Change, NoteLabels, StoreError, StoredNote};
@@ -89,47 +90,27 @@ pub(crate) fn parse_id(id: &str) -> Result<NoteId, StoreError> {
 pub fn content_hash(note: &Note) -> String {
     let mut h = Fnv1a128::new();
     h.write(b"notellm-note-v1");
-    h.field(b'T', note.title.as_bytes());
-    h.field(b'C', note.content.as_bytes());
+    field(&mut h, b'T', note.title.as_bytes());
+    field(&mut h, b'C', note.content.as_bytes());
     h.write(b"H");
     h.write(&(note.hashtags.len() as u64).to_le_bytes());
     for tag in &note.hashtags {
-        h.field(b't', tag.as_bytes());
+        field(&mut h, b't', tag.as_bytes());
     }
     match &note.category {
-        Some(c) => h.field(b'K', c.as_bytes()),
-        None => h.write(b"k"),
+        Some(c) => field(&mut h, b'K', c.as_bytes()),
+        None => {
+            h.write(b"k");
+        }
     }
     format!("fnv1a128:{:032x}", h.finish())
 }
 
-/// FNV-1a, 128-bit variant (<http://www.isthe.com/chongo/tech/comp/fnv/>).
-struct Fnv1a128(u128);
-
-impl Fnv1a128 {
-    const OFFSET_BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013b;
-
-    fn new() -> Self {
-        Self(Self::OFFSET_BASIS)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u128::from(b);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn field(&mut self, tag: u8, bytes: &[u8]) {
-        self.write(&[tag]);
-        self.write(&(bytes.len() as u64).to_le_bytes());
-        self.write(bytes);
-    }
-
-    fn finish(&self) -> u128 {
-        self.0
-    }
+/// `tag`, then `bytes` framed by their length.
+fn field(h: &mut Fnv1a128, tag: u8, bytes: &[u8]) {
+    h.write(&[tag]);
+    h.write(&(bytes.len() as u64).to_le_bytes());
+    h.write(bytes);
 }
 
 /// A full `notes` row. Postgres selects cast `dim` to BIGINT and timestamps to microseconds so
@@ -259,19 +240,6 @@ pub(crate) fn decode_all<R, T>(rows: Vec<R>, f: impl Fn(R) -> Result<T, StoreErr
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn fnv(bytes: &[u8]) -> u128 {
-        let mut h = Fnv1a128::new();
-        h.write(bytes);
-        h.finish()
-    }
-
-    #[test]
-    fn fnv1a128_reference_vectors() {
-        assert_eq!(fnv(b""), 0x6c62272e07bb014262b821756295c58d);
-        assert_eq!(fnv(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
-        assert_eq!(fnv(b"foobar"), 0x343e1662793c64bf6f0d3597ba446f18);
-    }
 
     #[test]
     fn content_hash_is_stable_and_field_sensitive() {

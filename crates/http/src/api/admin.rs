@@ -32,20 +32,17 @@ pub async fn start(
         model_dir: PathBuf::from(body.model),
         batch_notes: body.batch_notes.unwrap_or(notellm_service::reindex::DEFAULT_BATCH_NOTES),
     };
-    let status = s.app.start_reindex(req).await?;
+    let status = s.reindex.start(req).await?;
     Ok((StatusCode::ACCEPTED, Json(status)))
 }
 
 pub async fn status(State(s): State<AppState>, _auth: WriteAuth) -> Result<Json<ReindexStatus>, ApiError> {
-    s.app
-        .reindex_status()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("no re-index has run since this process started"))
+    s.reindex.status().map(Json).ok_or_else(|| ApiError::not_found("no re-index has run since this process started"))
 }
 
 pub async fn cancel(
     State(s): State<AppState>,
     _auth: WriteAuth,
 ) -> Result<(StatusCode, Json<ReindexStatus>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(s.app.cancel_reindex()?)))
+    Ok((StatusCode::ACCEPTED, Json(s.reindex.cancel()?)))
 }

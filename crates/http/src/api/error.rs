@@ -7,9 +7,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use notellm_service::batcher::BatchError;
-use notellm_service::{AppError, ReindexError};
-use notellm_store::StoreError;
+use notellm_service::batcher::Queue;
+use notellm_service::{AppError, Conflict, ReindexError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -73,80 +72,60 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one map from the service's meanings to HTTP: exhaustive, so a new meaning cannot reach a
+/// client without a status and a code chosen for it.
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {
         match e {
-            AppError::NotFound => ApiError::not_found("note not found"),
+            AppError::NotFound(m) => ApiError::not_found(m),
             AppError::Invalid(m) => ApiError::invalid(m),
-            AppError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "model_version_mismatch", m),
-            AppError::Unavailable(m) => ApiError::not_ready(m),
-            AppError::Batch(b) => b.into(),
-            AppError::Store(e @ StoreError::Corrupt { .. }) => {
-                // Not retryable: the same read fails again until someone repairs the row.
-                tracing::error!(alert = true, error = %e, "corrupt data in the store");
-                ApiError::internal()
-            }
-            AppError::Store(e) if e.is_storage_full() => {
-                tracing::error!(alert = true, error = %e, "the store is out of space; writes fail until space is freed");
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the store is out of space")
-                    .retry(30)
-            }
-            AppError::Store(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable").retry(5)
-            }
-            AppError::Index(e) => {
-                tracing::error!(error = %e, "index error");
-                ApiError::internal()
-            }
-            AppError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                ApiError::internal()
-            }
-        }
-    }
-}
-
-impl From<ReindexError> for ApiError {
-    fn from(e: ReindexError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ReindexError::Running(_) => ApiError::new(StatusCode::CONFLICT, "reindex_running", msg),
-            ReindexError::AlreadyServing(_) => ApiError::new(StatusCode::CONFLICT, "already_serving", msg),
-            ReindexError::NotRunning => ApiError::not_found(msg),
-            ReindexError::BadModel { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", msg),
-            ReindexError::BadBatch(_) => ApiError::invalid(msg),
-            ReindexError::NotReady => ApiError::not_ready(msg),
-            other => {
-                tracing::error!(error = %other, "re-index request failed");
-                ApiError::internal()
-            }
-        }
-    }
-}
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::QueueFull { queue: "generate" } => ApiError::new(
+            AppError::NoteTooLong(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "note_too_long", m),
+            AppError::InvalidModel(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_model", m),
+            AppError::Conflict(c, m) => ApiError::new(StatusCode::CONFLICT, conflict_code(c), m),
+            AppError::NotReady(m) => ApiError::not_ready(m),
+            AppError::Overloaded(Queue::Embed) => ApiError::overloaded("the embedding queue is full"),
+            AppError::Overloaded(Queue::Generate) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 "too many generation requests in flight",
             )
             .retry(1),
-            BatchError::QueueFull { .. } => ApiError::overloaded("the embedding queue is full"),
-            e @ BatchError::TooLong { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "note_too_long", e.to_string())
-            }
-            BatchError::Input(m) => ApiError::invalid(m),
-            BatchError::Closed => {
+            AppError::ModelStopped(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", "the model worker has stopped")
                     .retry(5)
             }
-            BatchError::Model(m) => {
-                tracing::error!(error = %m, "inference failed");
+            AppError::StoreUnavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unavailable").retry(5)
+            }
+            AppError::StorageFull(detail) => {
+                tracing::error!(alert = true, error = %detail, "the store is out of space; writes fail until space is freed");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", "the store is out of space")
+                    .retry(30)
+            }
+            AppError::Corrupt(detail) => {
+                // Not retryable: the same read fails again until someone repairs the row.
+                tracing::error!(alert = true, error = %detail, "corrupt data in the store");
+                ApiError::internal()
+            }
+            AppError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
                 ApiError::internal()
             }
         }
+    }
+}
+
+fn conflict_code(c: Conflict) -> &'static str {
+    match c {
+        Conflict::ModelVersion => "model_version_mismatch",
+        Conflict::ReindexRunning => "reindex_running",
+        Conflict::AlreadyServing => "already_serving",
+    }
+}
+
+impl From<ReindexError> for ApiError {
+    fn from(e: ReindexError) -> Self {
+        AppError::from(e).into()
     }
 }
 
@@ -179,16 +158,18 @@ impl From<QueryRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use notellm_service::batcher::BatchError;
+    use notellm_store::StoreError;
 
     #[test]
     fn corrupt_store_data_is_a_500_other_store_errors_a_retryable_503() {
-        let corrupt: ApiError = AppError::Store(StoreError::corrupt("n1", "bad embedding")).into();
+        let corrupt: ApiError = AppError::from(StoreError::corrupt("n1", "bad embedding")).into();
         assert_eq!(
             (corrupt.status, corrupt.code, corrupt.retry_after),
             (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
         );
         assert!(!corrupt.message.contains("n1"), "no internals in a 5xx: {}", corrupt.message);
-        let purged: ApiError = AppError::Store(StoreError::ChangesPurged { since: 1, purged_through: 2 }).into();
+        let purged: ApiError = AppError::from(StoreError::ChangesPurged { since: 1, purged_through: 2 }).into();
         assert_eq!(
             (purged.status, purged.code, purged.retry_after),
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", Some(5))
@@ -196,12 +177,39 @@ mod tests {
     }
 
     #[test]
+    fn every_conflict_keeps_its_own_code() {
+        let codes: Vec<&str> = [
+            AppError::Conflict(Conflict::ModelVersion, "v1 vs v2".into()),
+            ReindexError::Running("v3".into()).into(),
+            ReindexError::AlreadyServing("v2".into()).into(),
+        ]
+        .into_iter()
+        .map(|e| {
+            let e = ApiError::from(e);
+            assert_eq!(e.status, StatusCode::CONFLICT);
+            e.code
+        })
+        .collect();
+        assert_eq!(codes, ["model_version_mismatch", "reindex_running", "already_serving"]);
+    }
+
+    #[test]
+    fn queues_answer_as_before() {
+        let embed: ApiError = AppError::from(BatchError::QueueFull { queue: Queue::Embed }).into();
+        assert_eq!((embed.status, embed.code), (StatusCode::SERVICE_UNAVAILABLE, "overloaded"));
+        let generate: ApiError = AppError::from(BatchError::QueueFull { queue: Queue::Generate }).into();
+        assert_eq!((generate.status, generate.code), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
+        let long: ApiError = AppError::from(BatchError::TooLong { tokens: 900, max: 512 }).into();
+        assert_eq!((long.status, long.code), (StatusCode::UNPROCESSABLE_ENTITY, "note_too_long"));
+    }
+
+    #[test]
     fn every_503_says_when_to_retry() {
         let errors: Vec<ApiError> = vec![
-            AppError::Unavailable("restoring".into()).into(),
+            AppError::NotReady("restoring".into()).into(),
             ApiError::not_ready("store unreachable"),
             ApiError::overloaded("full"),
-            BatchError::Closed.into(),
+            AppError::from(BatchError::Closed).into(),
             ReindexError::NotReady.into(),
         ];
         for e in errors {

@@ -33,7 +33,7 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
-use notellm_service::App;
+use notellm_service::{App, Reindexer};
 
 /// Smallest body gzipped for clients that accept it. Below one packet's payload compression
 /// costs CPU (tens of microseconds, more than a cached `/related` answer takes) and saves no
@@ -65,12 +65,14 @@ impl Default for HttpConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub app: Arc<App>,
+    /// `/admin/reindex`.
+    pub reindex: Arc<Reindexer>,
     pub http: Arc<HttpConfig>,
 }
 
 /// The full service: routes plus the tower stack.
-pub fn router(app: Arc<App>, http: HttpConfig) -> Router {
-    let state = AppState { app, http: Arc::new(http.clone()) };
+pub fn router(app: Arc<App>, reindex: Arc<Reindexer>, http: HttpConfig) -> Router {
+    let state = AppState { app, reindex, http: Arc::new(http.clone()) };
     let routes = Router::new()
         .route("/notes/{note_id}", put(notes::put_note).get(notes::get_note).delete(notes::delete_note))
         .route("/notes:batch", post(notes::put_batch))

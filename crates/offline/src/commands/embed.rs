@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use crate::jsonl::{LineError, NoteReader, OnError};
-use notellm_model::{ModelError, NoteLlm};
+use notellm_model::{batching, ModelError, NoteLlm};
 use notellm_note::{NoteId, NoteLimits};
 
 /// Batches per sorting window.
@@ -65,18 +65,12 @@ pub fn run<R: BufRead, W: Write>(
         if window.is_empty() {
             break;
         }
-        let mut order: Vec<usize> = (0..window.len()).collect();
-        order.sort_by_key(|&i| window[i].1.len());
-        let mut vectors = vec![Vec::new(); window.len()];
-        for chunk in order.chunks(batch_size) {
-            let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| window[i].1.clone()).collect();
-            for (e, &i) in model.embed_ids(&seqs)?.into_iter().zip(chunk) {
-                vectors[i] = e.into_vec();
-            }
-            progress.inc(chunk.len() as u64);
-        }
+        let seqs: Vec<Vec<u32>> = window.iter().map(|(_, ids)| ids.clone()).collect();
+        let vectors =
+            batching::embed_by_length(&seqs, batch_size, |batch| model.embed_ids(batch), |n| progress.inc(n as u64))?;
         for ((id, _), v) in window.iter().zip(&vectors) {
-            serde_json::to_writer(&mut output, &OutLine { note_id: id, embedding: v }).map_err(std::io::Error::from)?;
+            serde_json::to_writer(&mut output, &OutLine { note_id: id, embedding: v.as_slice() })
+                .map_err(std::io::Error::from)?;
             output.write_all(b"\n")?;
         }
         embedded += window.len();

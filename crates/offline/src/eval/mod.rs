@@ -53,28 +53,17 @@ pub fn embed_notellm(model: &NoteLlm, notes: &[Note], batch_size: usize) -> Resu
     embed_by_length(&seqs, batch_size, "NoteLLM embed", |batch| Ok(model.embed_ids(batch)?))
 }
 
-/// Embeds token sequences in batches of `batch_size`, longest first (little padding per batch),
-/// with a progress bar named `what`; returns one embedding per sequence, in input order.
+/// Embeds token sequences in batches of similar length, at most `batch_size` each
+/// ([`notellm_model::batching`]), with a progress bar named `what`; returns one embedding per
+/// sequence, in input order.
 pub fn embed_by_length(
     seqs: &[Vec<u32>],
     batch_size: usize,
     what: &str,
-    mut embed: impl FnMut(&[Vec<u32>]) -> Result<Vec<Embedding>>,
+    embed: impl FnMut(&[Vec<u32>]) -> Result<Vec<Embedding>>,
 ) -> Result<Vec<Embedding>> {
-    let mut order: Vec<usize> = (0..seqs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].len()));
     let bar = crate::progress::bar(what, seqs.len() as u64);
-    let mut out: Vec<Option<Embedding>> = vec![None; seqs.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
-        for (&i, e) in chunk.iter().zip(embed(&batch)?) {
-            out[i] = Some(e);
-        }
-        bar.inc(chunk.len() as u64);
-    }
+    let out = notellm_model::batching::embed_by_length(seqs, batch_size, embed, |n| bar.inc(n as u64));
     bar.finish_and_clear();
-    out.into_iter()
-        .enumerate()
-        .map(|(i, e)| e.ok_or_else(|| EvalError::Input(format!("note {i} was not embedded"))))
-        .collect()
+    out
 }

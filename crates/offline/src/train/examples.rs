@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use notellm_model::prompt::{self, Limits, Variant};
 use notellm_model::{ModelError, NoteTokenizer, Result};
+use notellm_note::hash::Fnv1a64;
 use notellm_note::Note;
 
 /// One tokenised training sequence.
@@ -32,14 +33,11 @@ impl Example {
     }
 }
 
-/// FNV-1a, a stable hash (std's hasher may change between Rust releases).
+/// FNV-1a 64 seeded by `seed`: the same choice for a note in every run with that seed.
 pub fn stable_hash(seed: u64, text: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    for b in text.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    Fnv1a64::with_state(Fnv1a64::OFFSET_BASIS ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .write(text.as_bytes())
+        .finish()
 }
 
 /// The variant and output for `note` in a run with `seed`.

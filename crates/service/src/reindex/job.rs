@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::ReindexError;
 use crate::metrics::Metrics;
@@ -92,6 +93,8 @@ pub struct ReindexStatus {
 pub(crate) struct Job {
     started: Instant,
     cancel: AtomicBool,
+    /// `true` once the job has ended (whoever waits for that subscribes).
+    finished: watch::Sender<bool>,
     status: Mutex<ReindexStatus>,
     metrics: Metrics,
 }
@@ -166,6 +169,14 @@ impl Job {
         });
         self.metrics.reindex_runs.with_label_values(&[state.as_str()]).inc();
         self.metrics.reindex_duration.observe(secs);
+        self.finished.send_replace(true);
+    }
+
+    /// Resolves once the job has ended.
+    pub(crate) async fn finished(&self) {
+        let mut rx = self.finished.subscribe();
+        // The sender lives as long as the job; a wait on a dropped one has nothing to wait for.
+        let _ = rx.wait_for(|&done| done).await;
     }
 }
 
@@ -201,6 +212,7 @@ impl Slot {
         let job = Arc::new(Job {
             started: Instant::now(),
             cancel: AtomicBool::new(false),
+            finished: watch::Sender::new(false),
             status: Mutex::new(ReindexStatus {
                 job_id: format!("{:016x}", rand::random::<u64>()),
                 state: ReindexState::Loading,

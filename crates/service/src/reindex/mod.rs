@@ -38,11 +38,11 @@ use notellm_index::IndexError;
 use notellm_model::{CheckpointFiles, ModelError};
 use notellm_store::StoreError;
 
-pub(crate) use job::Slot;
+use job::Slot;
 pub use job::{ReindexState, ReindexStatus};
 pub use startup::resolve_model_dir;
 
-use super::App;
+use crate::App;
 
 /// Most notes a re-index embeds in one chunk.
 pub const MAX_BATCH_NOTES: usize = 1024;
@@ -105,11 +105,23 @@ impl ReindexError {
     }
 }
 
-impl App {
+/// Starts, follows and cancels the re-indexes of one [`App`] (one at a time), which it drives
+/// through the app's methods only: what serves, the write gate, the store.
+pub struct Reindexer {
+    app: Arc<App>,
+    /// The running or last re-index.
+    slot: Slot,
+}
+
+impl Reindexer {
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app, slot: Slot::default() }
+    }
+
     /// Checks the request and the checkpoint's files, then starts the job in the background.
-    /// The answer is the job's first status; [`App::reindex_status`] follows it.
-    pub async fn start_reindex(self: &Arc<Self>, req: ReindexRequest) -> Result<ReindexStatus, ReindexError> {
-        if !self.is_ready() {
+    /// The answer is the job's first status; [`Reindexer::status`] follows it.
+    pub async fn start(&self, req: ReindexRequest) -> Result<ReindexStatus, ReindexError> {
+        if !self.app.is_ready() {
             return Err(ReindexError::NotReady);
         }
         if req.batch_notes == 0 || req.batch_notes > MAX_BATCH_NOTES {
@@ -132,15 +144,15 @@ impl App {
             }
             ReindexError::BadModel { path: given.clone(), reason }
         })?;
-        let from = self.model_version();
+        let from = self.app.model_version();
         let to = notellm_note::ModelVersion(files.notellm.model_version.clone());
         if to == from {
             return Err(ReindexError::AlreadyServing(to.0));
         }
-        let job = self.reindex.begin(&files.dir, &from, &to, req.batch_notes, &self.metrics)?;
+        let job = self.slot.begin(&files.dir, &from, &to, req.batch_notes, &self.app.metrics)?;
         let span = tracing::info_span!("reindex", job = %job.id(), from = %from, to = %to);
         tracing::info!(parent: &span, model = %files.dir.display(), batch_notes = req.batch_notes, "re-index started");
-        let (app, job2) = (self.clone(), job.clone());
+        let (app, job2) = (self.app.clone(), job.clone());
         tokio::spawn(tracing::Instrument::instrument(
             async move { run::run(app, job2, files.dir, to, req.batch_notes).await },
             span,
@@ -149,19 +161,26 @@ impl App {
     }
 
     /// The running re-index, else the last one since this process started.
-    pub fn reindex_status(&self) -> Option<ReindexStatus> {
-        self.reindex.current().map(|j| j.status())
+    pub fn status(&self) -> Option<ReindexStatus> {
+        self.slot.current().map(|j| j.status())
     }
 
     /// Asks the running re-index to stop at its next chunk (before the switch; a switch in
     /// progress completes). Nothing it staged is lost: a later re-index reuses it.
-    pub fn cancel_reindex(&self) -> Result<ReindexStatus, ReindexError> {
-        match self.reindex.current() {
+    pub fn cancel(&self) -> Result<ReindexStatus, ReindexError> {
+        match self.slot.current() {
             Some(job) if !job.status().state.is_finished() => {
                 job.cancel();
                 Ok(job.status())
             }
             _ => Err(ReindexError::NotRunning),
+        }
+    }
+
+    /// Resolves once no re-index runs.
+    pub async fn finished(&self) {
+        if let Some(job) = self.slot.current() {
+            job.finished().await;
         }
     }
 }

@@ -1,16 +1,14 @@
 //! The re-index job's steps (see the module doc of `reindex`): load, embed, catch up, switch.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::embedder::Embedder;
 use super::job::{Job, ReindexState};
 use super::ReindexError;
-use crate::batcher::Batcher;
-use crate::{App, Serving};
-use notellm_index::{IndexConfig, NoteIndex};
+use crate::App;
+use notellm_index::NoteIndex;
 use notellm_model::NoteLlm;
 use notellm_note::{Embedding, ModelVersion, Note, NoteId};
 use notellm_store::{Change, ReindexNote, StagedVector, Switch};
@@ -59,7 +57,7 @@ async fn steps(
     version: ModelVersion,
     batch_notes: usize,
 ) -> Result<(), ReindexError> {
-    let device = app.template.device.clone();
+    let device = app.template().device.clone();
     let dir = model_dir.to_owned();
     let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
         .await
@@ -71,8 +69,7 @@ async fn steps(
         });
     }
     let model = Arc::new(model);
-    let cfg = IndexConfig { dim: model.embedding_dim(), ..app.template.index.clone() };
-    let index = Arc::new(NoteIndex::new(cfg)?);
+    let index: Arc<NoteIndex> = Arc::new(app.template().index_for(&model)?);
     let foreground = app.serving().batcher.foreground();
     let embedder = Embedder::spawn(model.clone(), index.clone(), foreground, app.metrics.clone())?;
     let ctx = Ctx { app: app.clone(), job: job.clone(), version, index, embedder, batch_notes };
@@ -198,16 +195,12 @@ async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut
     let (app, job) = (&ctx.app, &ctx.job);
     job.set_state(ReindexState::Switching);
     // The new model's threads start before writes are held.
-    let batcher = Batcher::spawn(model, app.template.batcher.clone(), app.metrics.clone())
+    let serving = app
+        .template()
+        .serve(model, ctx.index.clone(), &app.metrics)
         .map_err(|e| ReindexError::Internal(format!("cannot start the new model's batcher: {e}")))?;
-    let serving = Serving {
-        version: ctx.version.clone(),
-        batcher: Arc::new(batcher),
-        index: ctx.index.clone(),
-        snapshot_dir: crate::snapshot_dir(&app.template.data_dir, &ctx.version.0),
-    };
     let old = app.serving();
-    let gate = app.gate.write().await;
+    let gate = app.hold_writes().await;
     let held = Instant::now();
     let applied = catch_up(ctx, &mut pos, false).await?;
     let model_dir = model_dir.display().to_string();
@@ -230,8 +223,7 @@ async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut
             _ => return Err(e.into()),
         },
     };
-    app.set_serving(serving);
-    app.dirty.store(true, Ordering::SeqCst);
+    app.swap_serving(serving, &gate);
     drop(gate);
     let hold = held.elapsed().as_secs_f64();
     job.update(|s| s.write_hold_secs = Some(hold));

