@@ -233,6 +233,9 @@ async fn endpoints(backend: Backend) {
     let (st, v) = json_of(s.http.get(s.url("/openapi.json")).send().await.unwrap()).await;
     assert_eq!(st, StatusCode::OK);
     assert!(v["paths"]["/related/{note_id}"].is_object());
+    // The bounds it states are this server's (max_k 50, 8 notes per batch).
+    assert_eq!(v["paths"]["/related/{note_id}"]["get"]["parameters"][1]["schema"]["maximum"], 50);
+    assert_eq!(v["components"]["schemas"]["BatchBody"]["properties"]["notes"]["maxItems"], 8);
     s.stop().await;
 }
 

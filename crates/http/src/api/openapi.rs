@@ -1,8 +1,13 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`. Written by hand next to the handlers; a
-//! test checks that every route the router serves is described here.
+//! test checks that every route the router serves is described here. The bounds it states (k,
+//! batch size, field lengths, hashtags) are the running service's own limits.
 
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
+
+use super::AppState;
+use notellm_service::ServiceLimits;
 
 fn err(description: &str) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } })
@@ -16,7 +21,36 @@ fn body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
 
-pub fn document() -> Value {
+/// A note's fields, bounded as `l.note` says.
+fn note_properties(l: &ServiceLimits) -> Value {
+    let n = &l.note;
+    json!({
+        "title": { "type": "string", "maxLength": n.max_title_chars },
+        "content": { "type": "string", "maxLength": n.max_content_chars },
+        "hashtags": { "type": "array", "maxItems": n.max_hashtags,
+            "items": { "type": "string", "minLength": 1, "maxLength": n.max_hashtag_chars, "description": "not blank" } },
+        "category": { "type": "string", "minLength": 1, "maxLength": n.max_hashtag_chars, "description": "not blank" }
+    })
+}
+
+pub fn document(l: &ServiceLimits) -> Value {
+    let k = json!({ "type": "integer", "minimum": 1, "maximum": l.max_k });
+    let mut k_query = k.clone();
+    k_query["default"] = json!(20);
+    let draft_props = {
+        let mut p = note_properties(l);
+        p["k"] = k.clone();
+        p
+    };
+    let suggest_props = {
+        let p = note_properties(l);
+        json!({ "title": p["title"], "content": p["content"],
+            "max_hashtags": { "type": "integer", "minimum": 1, "maximum": l.max_suggest_hashtags } })
+    };
+    // Typed only: a batch entry is checked on its own (a 200 with a per-entry error).
+    let batch_item_props = json!({ "note_id": { "type": "string" }, "title": { "type": "string" },
+        "content": { "type": "string" }, "hashtags": { "type": "array", "items": { "type": "string" } },
+        "category": { "type": "string" } });
     let id = json!({ "name": "note_id", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,128}$",
             "description": "not `.` or `..` (path segments that clients normalise away)" } });
@@ -51,7 +85,8 @@ pub fn document() -> Value {
             },
             "/related/{note_id}": {
                 "get": { "summary": "Top-k related notes of a stored note (never itself or a deleted note)",
-                    "parameters": [id, { "name": "k", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "default": 20 } }],
+                    "parameters": [id, { "name": "k", "in": "query", "required": false, "schema": k_query,
+                        "description": "default: the server's --default-k" }],
                     "responses": { "200": ok("related notes", "Related"), "404": err("unknown note"), "409": err("note embedded by another model version"),
                         "422": err("k out of range or bad note id"), "503": err("not ready") } }
             },
@@ -86,15 +121,16 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "NOTELLM_API_KEY; required on writes and /admin when set" } },
             "schemas": {
-                "NoteBody": { "type": "object", "additionalProperties": false, "properties": {
-                    "title": { "type": "string" }, "content": { "type": "string" },
-                    "hashtags": { "type": "array", "items": { "type": "string" } }, "category": { "type": "string" } },
+                "NoteBody": { "type": "object", "additionalProperties": false, "properties": note_properties(l),
                     "description": "title or content must be non-empty" },
                 "BatchBody": { "type": "object", "required": ["notes"], "properties": { "notes": { "type": "array",
-                    "items": { "allOf": [ { "$ref": "#/components/schemas/NoteBody" }, { "type": "object", "required": ["note_id"], "properties": { "note_id": { "type": "string" } } } ] } } } },
-                "DraftBody": { "allOf": [ { "$ref": "#/components/schemas/NoteBody" }, { "type": "object", "properties": { "k": { "type": "integer", "minimum": 1 } } } ] },
-                "SuggestBody": { "type": "object", "additionalProperties": false, "properties": {
-                    "title": { "type": "string" }, "content": { "type": "string" }, "max_hashtags": { "type": "integer", "minimum": 1 } } },
+                    "minItems": 1, "maxItems": l.max_notes_per_batch,
+                    "items": { "type": "object", "properties": batch_item_props,
+                        "description": "a note_id and NoteBody's fields: an entry that breaks NoteBody's rules (or lacks a note_id) gets its own error in the results while the others are written" } } } },
+                "DraftBody": { "type": "object", "additionalProperties": false, "properties": draft_props,
+                    "description": "title or content must be non-empty" },
+                "SuggestBody": { "type": "object", "additionalProperties": false, "properties": suggest_props,
+                    "description": "title or content must be non-empty" },
                 "PutOutcome": { "type": "object", "properties": { "note_id": { "type": "string" },
                     "status": { "enum": ["created", "updated", "unchanged"] }, "seq": { "type": "integer" }, "model_version": { "type": "string" } } },
                 "BatchResults": { "type": "object", "properties": { "results": { "type": "array", "items": { "oneOf": [
@@ -131,15 +167,32 @@ pub fn document() -> Value {
     })
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(document())
+pub async fn openapi(State(s): State<AppState>) -> Json<Value> {
+    Json(document(&s.app.limits))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_states_the_configured_limits() {
+        let mut l = ServiceLimits { max_k: 50, max_notes_per_batch: 8, ..Default::default() };
+        l.note.max_title_chars = 300;
+        let doc = document(&l);
+        let k = &doc["paths"]["/related/{note_id}"]["get"]["parameters"][1]["schema"];
+        assert_eq!((k["minimum"].as_u64(), k["maximum"].as_u64()), (Some(1), Some(50)));
+        let s = &doc["components"]["schemas"];
+        assert_eq!(s["BatchBody"]["properties"]["notes"]["maxItems"], 8);
+        assert_eq!(s["BatchBody"]["properties"]["notes"]["minItems"], 1);
+        assert_eq!(s["NoteBody"]["properties"]["title"]["maxLength"], 300);
+        assert_eq!(s["DraftBody"]["properties"]["k"]["maximum"], 50);
+        assert_eq!(s["SuggestBody"]["properties"]["max_hashtags"]["maximum"], 10);
+    }
+
     #[test]
     fn every_route_is_documented() {
-        let doc = super::document();
+        let doc = super::document(&ServiceLimits::default());
         let src = include_str!("mod.rs");
         let mut n = 0;
         for line in src.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {
