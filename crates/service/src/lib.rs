@@ -180,11 +180,10 @@ impl App {
         self.gate.hold().await
     }
 
-    /// Makes `serving` what serves; writes are held meanwhile, and its index counts as changed
-    /// since the last snapshot.
+    /// Makes `serving` what serves; writes are held meanwhile (the caller says, through
+    /// `held`, whether its index now matches a snapshot on disk).
     pub(crate) fn swap_serving(&self, serving: Serving, held: &Held<'_>) {
         self.serving.swap(serving, held);
-        held.changed();
     }
 
     /// The index currently serving.

@@ -33,10 +33,12 @@ fn note_properties(l: &ServiceLimits) -> Value {
     })
 }
 
-pub fn document(l: &ServiceLimits) -> Value {
+/// The document for a service with limits `l` whose `/related` answers `default_k` notes when
+/// the query does not say.
+pub fn document(l: &ServiceLimits, default_k: usize) -> Value {
     let k = json!({ "type": "integer", "minimum": 1, "maximum": l.max_k });
     let mut k_query = k.clone();
-    k_query["default"] = json!(20);
+    k_query["default"] = json!(default_k);
     let draft_props = {
         let mut p = note_properties(l);
         p["k"] = k.clone();
@@ -85,8 +87,7 @@ pub fn document(l: &ServiceLimits) -> Value {
             },
             "/related/{note_id}": {
                 "get": { "summary": "Top-k related notes of a stored note (never itself or a deleted note)",
-                    "parameters": [id, { "name": "k", "in": "query", "required": false, "schema": k_query,
-                        "description": "default: the server's --default-k" }],
+                    "parameters": [id, { "name": "k", "in": "query", "required": false, "schema": k_query }],
                     "responses": { "200": ok("related notes", "Related"), "404": err("unknown note"), "409": err("note embedded by another model version"),
                         "422": err("k out of range or bad note id"), "503": err("not ready") } }
             },
@@ -168,7 +169,7 @@ pub fn document(l: &ServiceLimits) -> Value {
 }
 
 pub async fn openapi(State(s): State<AppState>) -> Json<Value> {
-    Json(document(&s.app.limits))
+    Json(document(&s.app.limits, s.http.default_k))
 }
 
 #[cfg(test)]
@@ -179,9 +180,9 @@ mod tests {
     fn the_document_states_the_configured_limits() {
         let mut l = ServiceLimits { max_k: 50, max_notes_per_batch: 8, ..Default::default() };
         l.note.max_title_chars = 300;
-        let doc = document(&l);
+        let doc = document(&l, 7);
         let k = &doc["paths"]["/related/{note_id}"]["get"]["parameters"][1]["schema"];
-        assert_eq!((k["minimum"].as_u64(), k["maximum"].as_u64()), (Some(1), Some(50)));
+        assert_eq!((k["minimum"].as_u64(), k["maximum"].as_u64(), k["default"].as_u64()), (Some(1), Some(50), Some(7)));
         let s = &doc["components"]["schemas"];
         assert_eq!(s["BatchBody"]["properties"]["notes"]["maxItems"], 8);
         assert_eq!(s["BatchBody"]["properties"]["notes"]["minItems"], 1);
@@ -192,7 +193,7 @@ mod tests {
 
     #[test]
     fn every_route_is_documented() {
-        let doc = super::document(&ServiceLimits::default());
+        let doc = super::document(&ServiceLimits::default(), 20);
         let src = include_str!("mod.rs");
         let mut n = 0;
         for line in src.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {

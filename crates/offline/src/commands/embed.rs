@@ -57,23 +57,24 @@ pub fn run<R: BufRead, W: Write>(
         progress.suspend(|| tracing::warn!("skipped {e}"));
     };
     loop {
-        let window: Vec<(NoteId, Vec<u32>)> = reader
+        let (ids, seqs): (Vec<NoteId>, Vec<Vec<u32>>) = reader
             .next_chunk(batch_size * WINDOW_BATCHES, &mut report_skip)?
             .into_iter()
             .map(|n| Ok((n.note_id, model.embedding_ids(&n.note)?)))
-            .collect::<Result<_, ModelError>>()?;
-        if window.is_empty() {
+            .collect::<Result<Vec<_>, ModelError>>()?
+            .into_iter()
+            .unzip();
+        if ids.is_empty() {
             break;
         }
-        let seqs: Vec<Vec<u32>> = window.iter().map(|(_, ids)| ids.clone()).collect();
         let vectors =
             batching::embed_by_length(&seqs, batch_size, |batch| model.embed_ids(batch), |n| progress.inc(n as u64))?;
-        for ((id, _), v) in window.iter().zip(&vectors) {
+        for (id, v) in ids.iter().zip(&vectors) {
             serde_json::to_writer(&mut output, &OutLine { note_id: id, embedding: v.as_slice() })
                 .map_err(std::io::Error::from)?;
             output.write_all(b"\n")?;
         }
-        embedded += window.len();
+        embedded += ids.len();
     }
     output.flush()?;
     let secs = started.elapsed().as_secs_f64();

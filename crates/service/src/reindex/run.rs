@@ -224,6 +224,8 @@ async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut
         },
     };
     app.swap_serving(serving, &gate);
+    // The new index is on no disk yet: the snapshot below writes it.
+    gate.changed();
     drop(gate);
     let hold = held.elapsed().as_secs_f64();
     job.update(|s| s.write_hold_secs = Some(hold));
