@@ -587,3 +587,172 @@ macro_rules! both_backends {
 }
 
 both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled, suggestions);
+
+/// Raw HTTP/1.1 over TCP, for what a client library will not send: a trickled header, a body
+/// shorter than its `Content-Length`, connections held open doing nothing.
+mod raw {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    pub async fn connect(base: &str) -> TcpStream {
+        TcpStream::connect(base.trim_start_matches("http://")).await.unwrap()
+    }
+
+    /// Everything the server sends until it closes the connection or `within` passes; and
+    /// whether it closed.
+    pub async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (String, bool) {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into_owned(), true),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return (String::from_utf8_lossy(&out).into_owned(), false),
+            }
+        }
+    }
+
+    /// Sends `bytes` one at a time, `every` apart, until the peer stops taking them.
+    pub async fn trickle(s: &mut TcpStream, bytes: &[u8], every: Duration) {
+        for b in bytes {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+/// Request limits before any handler: a long URI is 414, a declared body over the limit 413 at
+/// once, a body that trickles in past its deadline 408; all in the JSON error shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_limits_answer_in_json_before_any_handler() {
+    let s = start(&Backend::sqlite(), |_, h| {
+        h.body_read_timeout = Duration::from_secs(1);
+        h.request_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let long = format!("/related/a?k=5&pad={}", "x".repeat(9000));
+    let (st, v) = json_of(s.http.get(s.url(&long)).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::URI_TOO_LONG, "{v}");
+    assert_error(&v, "uri_too_long");
+
+    // 413 at once, though no byte of the 10 MB body was sent.
+    let mut c = raw::connect(&s.base).await;
+    use tokio::io::AsyncWriteExt;
+    c.write_all(
+        b"PUT /notes/big HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (text, closed) = raw::read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"body_too_large\""), "{text}");
+    assert!(closed && started.elapsed() < Duration::from_secs(3), "413 not at once: {:?}", started.elapsed());
+
+    // A body sent a byte every 200 ms: 408 at its 1 s deadline, long before the 10 s request
+    // timeout (504) and though bytes keep arriving.
+    let mut c = raw::connect(&s.base).await;
+    let body = serde_json::to_vec(&note_json(0)).unwrap();
+    let head = format!(
+        "PUT /notes/slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut rd, mut wr) = c.into_split();
+    let sender = tokio::spawn(async move {
+        for b in body {
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+            if text.windows(4).any(|w| w == b"\r\n\r\n") && text.ends_with(b"}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"body_timeout\""), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "408 late: {:?}", started.elapsed());
+    let (st, _) = json_of(s.http.get(s.url("/notes/slow")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "a timed-out body wrote nothing");
+    s.stop().await;
+}
+
+/// Connections are bounded: a trickled header and an idle keep-alive connection are closed at
+/// the header timeout, and with every slot held by idle clients a new /healthz is still
+/// answered (a probe slot) within seconds, not when the idle clients time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_bounded_and_probes_stay_answerable() {
+    use notellm_http::connections::ConnectionLimits;
+    let s = start(&Backend::sqlite(), |_, h| {
+        h.connections =
+            ConnectionLimits { header_read_timeout: Duration::from_secs(1), max_connections: 64, probe_slots: 2 };
+    })
+    .await;
+    // Slowloris: a byte of the request line every 300 ms; closed at about 1 s.
+    let mut c = raw::connect(&s.base).await;
+    let started = std::time::Instant::now();
+    raw::trickle(
+        &mut c,
+        b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: aaaaaaaaaaaaaaaaaaaa",
+        Duration::from_millis(300),
+    )
+    .await;
+    let (text, closed) = raw::read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(closed, "slowloris connection still open after {:?}: {text}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // An idle keep-alive connection: answered, then closed at about 1 s of idleness.
+    let mut c = raw::connect(&s.base).await;
+    use tokio::io::AsyncWriteExt;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let (text, closed) = raw::read_until_closed(&mut c, Duration::from_secs(4)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "idle keep-alive connection still open after {:?}", started.elapsed());
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "notellm_http_connections_closed_total{reason=\"header_timeout\"}") >= 2.0, "{m}");
+    s.stop().await;
+
+    // Every slot held: 4 regular connections with a 20 s header timeout, 2 probe slots.
+    let s = start(&Backend::sqlite(), |_, h| {
+        h.connections =
+            ConnectionLimits { header_read_timeout: Duration::from_secs(20), max_connections: 4, probe_slots: 2 };
+    })
+    .await;
+    // 3 regular slots (the test client holds the fourth), 2 probe slots, 1 in the backlog.
+    let mut idle = Vec::new();
+    for _ in 0..6 {
+        idle.push(raw::connect(&s.base).await);
+    }
+    let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let started = std::time::Instant::now();
+    let r = probe.get(s.url("/healthz")).timeout(Duration::from_secs(15)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(8), "/healthz waited {:?}", started.elapsed());
+    let m = s.http.get(s.url("/metrics")).timeout(Duration::from_secs(15)).send().await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "notellm_http_connections") <= 6.0, "more open than the slots: {m}");
+    assert!(metric(&m, "notellm_http_connections_total{slot=\"probe\"}") >= 1.0, "{m}");
+    drop(idle);
+    s.stop().await;
+}

@@ -1,6 +1,8 @@
 //! `notellm serve`: the HTTP service.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::cli::PipelineArgs;
@@ -21,6 +23,20 @@ pub struct ServeArgs {
     /// Per-request time limit, seconds (504 above).
     #[arg(long, env = "NOTELLM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// A request's whole body must arrive within this many seconds of its headers (408 past
+    /// it); shorter than --request-timeout-secs.
+    #[arg(long, env = "NOTELLM_BODY_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub body_read_timeout_secs: u64,
+    /// Seconds a connection may take to send a request's headers, and may stay idle between
+    /// keep-alive requests, before it is closed.
+    #[arg(long, env = "NOTELLM_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Keep-alive connections open at once; past them a few one-request slots keep probes
+    /// answered and other clients wait in the listen backlog. Default: what the file
+    /// descriptor limit (RLIMIT_NOFILE) allows, at most 10000; a larger value than it allows
+    /// is refused at start.
+    #[arg(long, env = "NOTELLM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Requests handled at once; more are shed with 503 and Retry-After.
     #[arg(long, env = "NOTELLM_CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
@@ -47,14 +63,34 @@ impl ServeArgs {
         notellm_service::SuggestConfig { from: self.suggest_from, neighbours: self.suggest_neighbours }
     }
 
-    pub fn http_config(&self) -> notellm_http::api::HttpConfig {
-        notellm_http::api::HttpConfig {
+    /// The HTTP settings, checked: timeouts that make sense together, a connection limit the
+    /// process's descriptor limit allows.
+    pub fn http_config(&self) -> Result<notellm_http::api::HttpConfig> {
+        use notellm_http::connections;
+        if self.body_read_timeout_secs == 0 || self.body_read_timeout_secs >= self.request_timeout_secs {
+            anyhow::bail!(
+                "--body-read-timeout-secs ({}) must be positive and shorter than --request-timeout-secs ({}), \
+                 so that a slow body answers 408 rather than 504",
+                self.body_read_timeout_secs,
+                self.request_timeout_secs
+            );
+        }
+        let nofile = connections::descriptor_limit().context("reading RLIMIT_NOFILE")?;
+        let limits = connections::plan(
+            self.max_connections,
+            connections::DEFAULT_PROBE_SLOTS,
+            Duration::from_secs(self.header_read_timeout_secs),
+            nofile,
+        )?;
+        Ok(notellm_http::api::HttpConfig {
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             body_limit_bytes: self.body_limit_bytes,
-            request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
             concurrency_limit: self.concurrency_limit,
             default_k: self.default_k,
-        }
+            connections: limits,
+        })
     }
 }
 
@@ -65,9 +101,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
             suggest: a.suggest_config(),
             ..a.pipeline.service_config()?
         };
+        let http = a.http_config()?;
         let listener = server::bind(a.listen).await?;
         let app = server::build(&cfg).await?;
-        server::run(app, a.http_config(), listener, cfg.snapshot_interval, server::shutdown_signal()).await?;
+        server::run(app, http, listener, cfg.snapshot_interval, server::shutdown_signal()).await?;
         Ok(())
     })
 }

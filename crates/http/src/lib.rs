@@ -1,9 +1,10 @@
 //! The HTTP transport over the service core: the axum router, handlers, the JSON error contract
-//! (one mapping from service errors to status codes), the OpenAPI document, and assembling and
-//! running the server process.
+//! (one mapping from service errors to status codes), the OpenAPI document, the connection layer
+//! (bounded connections, header timeouts) and assembling and running the server process.
 //!
 //! Layer rule: the top serving layer; it depends on `notellm-service` and the layers below it,
 //! and nothing but the binary depends on it.
 
 pub mod api;
+pub mod connections;
 pub mod server;

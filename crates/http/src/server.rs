@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{self, HttpConfig};
+use crate::connections::{self, ConnectionMetrics};
 use notellm_index::IndexConfig;
 use notellm_model::{DeviceSpec, NoteLlm};
 use notellm_service::batcher::BatcherConfig;
@@ -165,8 +166,16 @@ pub async fn run(
         })
     };
     let reindex = Arc::new(Reindexer::new(app.clone()));
+    let limits = http.connections;
+    let conn_metrics = ConnectionMetrics::register(&app.metrics.registry)?;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        probe_slots = limits.probe_slots,
+        header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
+        "connection limits"
+    );
     let router = api::router(app.clone(), reindex.clone(), http);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    connections::serve(listener, router, limits, conn_metrics, shutdown).await;
     tracing::info!("stopped accepting; in-flight requests drained");
     snapshots.abort();
     restoring.abort();

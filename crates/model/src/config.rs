@@ -375,6 +375,15 @@ pub struct NoteLlmConfig {
 pub const EMB_HEAD_TENSOR: &str = "emb_head.weight";
 
 impl NoteLlmConfig {
+    /// The prompt's token budgets per field.
+    pub fn limits(&self) -> crate::prompt::Limits {
+        crate::prompt::Limits {
+            title: self.max_title_tokens,
+            content: self.max_content_tokens,
+            topic: self.max_topic_tokens,
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
         let cfg: Self = read_json(path)?;
         cfg.validate()?;

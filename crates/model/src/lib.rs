@@ -119,11 +119,7 @@ impl NoteLlm {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits {
-            title: self.cfg.max_title_tokens,
-            content: self.cfg.max_content_tokens,
-            topic: self.cfg.max_topic_tokens,
-        }
+        self.cfg.limits()
     }
 
     /// Turns prefix reuse off (or back on); embeddings are the same either way.

@@ -53,6 +53,18 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry(1)
     }
 
+    /// 413 `body_too_large`: over `--body-limit-bytes` (said by `Content-Length` or found
+    /// while reading).
+    pub fn body_too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is over the size limit")
+    }
+
+    /// 408 `body_timeout`: the body did not arrive within `--body-read-timeout`
+    /// ([`super::limits`]).
+    pub fn body_timeout() -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")
+    }
+
     fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
@@ -139,14 +151,25 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(e) => {
                 ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.body_text())
             }
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "the request body is over the size limit",
-            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::body_too_large()
+            }
+            JsonRejection::BytesRejection(e) if caused_by::<super::limits::BodyTimeout>(&e) => ApiError::body_timeout(),
             other => ApiError::new(other.status(), "bad_request", other.body_text()),
         }
     }
+}
+
+/// Whether `e` or an error it was caused by is an `E`.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl From<QueryRejection> for ApiError {
@@ -201,6 +224,17 @@ mod tests {
         assert_eq!((generate.status, generate.code), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"));
         let long: ApiError = AppError::from(BatchError::TooLong { tokens: 900, max: 512 }).into();
         assert_eq!((long.status, long.code), (StatusCode::UNPROCESSABLE_ENTITY, "note_too_long"));
+    }
+
+    #[test]
+    fn causes_are_found_down_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert!(caused_by::<std::io::Error>(&e));
+        assert!(caused_by::<Outer>(&e));
+        assert!(!caused_by::<std::fmt::Error>(&e));
     }
 
     #[test]

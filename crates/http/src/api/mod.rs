@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, extractors that validate input and turn every rejection into
 //! the one JSON error shape, write authentication, request metrics, and the tower stack
-//! (request id, tracing, timeout, body limit, compression, concurrency limit with load shedding).
+//! (request id, tracing, timeout, body limit, compression, concurrency limit with load shedding);
+//! [`limits`] holds a request to its URI length, declared body length and body read time.
 //!
 //! Follow a request from [`router`] to a handler in `notes`, `related`, `suggest`, `health` or
 //! `admin`, and from there into [`notellm_service::App`].
@@ -8,6 +9,7 @@
 mod admin;
 mod error;
 mod health;
+pub mod limits;
 mod notes;
 pub mod openapi;
 mod related;
@@ -33,6 +35,8 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use crate::connections::ConnectionLimits;
+
 use notellm_service::{App, Reindexer};
 
 /// Smallest body gzipped for clients that accept it. Below one packet's payload compression
@@ -45,9 +49,14 @@ const COMPRESS_MIN_BYTES: u16 = 1400;
 pub struct HttpConfig {
     pub api_key: Option<String>,
     pub body_limit_bytes: usize,
+    /// The whole body must arrive within this after the headers (408 past it); shorter than
+    /// `request_timeout`.
+    pub body_read_timeout: Duration,
     pub request_timeout: Duration,
     pub concurrency_limit: usize,
     pub default_k: usize,
+    /// Connection limits and the header read timeout ([`crate::connections`]).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for HttpConfig {
@@ -55,9 +64,11 @@ impl Default for HttpConfig {
         Self {
             api_key: None,
             body_limit_bytes: 1 << 20,
+            body_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 1024,
             default_k: 20,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -92,6 +103,7 @@ pub fn router(app: Arc<App>, reindex: Arc<Reindexer>, http: HttpConfig) -> Route
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::check))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(DefaultBodyLimit::max(http.body_limit_bytes))
         .with_state(state);

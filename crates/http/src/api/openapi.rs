@@ -21,6 +21,11 @@ fn body(schema: &str) -> Value {
     json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
 }
 
+/// "Holds a character that is not whitespace": the complement of what Rust's `str::trim`
+/// removes (Unicode `White_Space`), spelled out because the regex dialects of JSON Schema and of
+/// its tools each define `\s` a little differently.
+const NOT_BLANK: &str = "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028-\\u2029\\u202f\\u205f\\u3000]";
+
 /// A note's fields, bounded as `l.note` says.
 fn note_properties(l: &ServiceLimits) -> Value {
     let n = &l.note;
@@ -28,31 +33,79 @@ fn note_properties(l: &ServiceLimits) -> Value {
         "title": { "type": "string", "maxLength": n.max_title_chars },
         "content": { "type": "string", "maxLength": n.max_content_chars },
         "hashtags": { "type": "array", "maxItems": n.max_hashtags,
-            "items": { "type": "string", "minLength": 1, "maxLength": n.max_hashtag_chars, "description": "not blank" } },
-        "category": { "type": "string", "minLength": 1, "maxLength": n.max_hashtag_chars, "description": "not blank" }
+            "items": { "type": "string", "minLength": 1, "maxLength": n.max_hashtag_chars, "pattern": NOT_BLANK,
+                "description": "not blank" } },
+        "category": { "type": ["string", "null"], "minLength": 1, "maxLength": n.max_hashtag_chars, "pattern": NOT_BLANK,
+            "description": "not blank; null or absent: none" }
     })
+}
+
+/// "The title or the content is not blank" (what a note needs to be embedded).
+fn some_text() -> Value {
+    json!([
+        { "required": ["title"], "properties": { "title": { "pattern": NOT_BLANK } } },
+        { "required": ["content"], "properties": { "content": { "pattern": NOT_BLANK } } }
+    ])
 }
 
 /// The document for a service with limits `l` whose `/related` answers `default_k` notes when
 /// the query does not say.
 pub fn document(l: &ServiceLimits, default_k: usize) -> Value {
+    let mut doc = paths_and_schemas(l, default_k);
+    add_transport_statuses(&mut doc);
+    doc
+}
+
+/// Adds to every operation the answers of the layers around the handlers (the request limits,
+/// authentication, load shedding and the request timeout), where the operation does not state
+/// its own: every operation can be refused for its URI (414), shed (503) or time out (504);
+/// one with a body for malformed JSON (400), a slow body (408), its size (413) or its type
+/// (415); one with a query for a query that does not parse (400); one with `security` for its
+/// key (401).
+fn add_transport_statuses(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for op in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.values_mut()) {
+        let has_body = op.get("requestBody").is_some();
+        let secured = op.get("security").is_some();
+        let has_query =
+            op.get("parameters").and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
+        let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+        let mut add = |status: &str, description: &str| {
+            responses.entry(status).or_insert_with(|| err(description));
+        };
+        add("414", "URI over 8 KiB");
+        add("503", "too many requests in flight (Retry-After)");
+        add("504", "over the request timeout");
+        if has_body {
+            add("400", "malformed JSON");
+            add("408", "the body did not arrive within the body read timeout");
+            add("413", "body over the size limit");
+            add("415", "not application/json");
+        }
+        if has_query {
+            add("400", "a query that does not parse (a k that is not an integer)");
+        }
+        if secured {
+            add("401", "missing or wrong API key");
+        }
+    }
+}
+
+fn paths_and_schemas(l: &ServiceLimits, default_k: usize) -> Value {
     let k = json!({ "type": "integer", "minimum": 1, "maximum": l.max_k });
     let mut k_query = k.clone();
     k_query["default"] = json!(default_k);
     let draft_props = {
         let mut p = note_properties(l);
         p["k"] = k.clone();
+        p["k"]["type"] = json!(["integer", "null"]);
         p
     };
     let suggest_props = {
         let p = note_properties(l);
         json!({ "title": p["title"], "content": p["content"],
-            "max_hashtags": { "type": "integer", "minimum": 1, "maximum": l.max_suggest_hashtags } })
+            "max_hashtags": { "type": ["integer", "null"], "minimum": 1, "maximum": l.max_suggest_hashtags } })
     };
-    // Typed only: a batch entry is checked on its own (a 200 with a per-entry error).
-    let batch_item_props = json!({ "note_id": { "type": "string" }, "title": { "type": "string" },
-        "content": { "type": "string" }, "hashtags": { "type": "array", "items": { "type": "string" } },
-        "category": { "type": "string" } });
     let id = json!({ "name": "note_id", "in": "path", "required": true,
         "schema": { "type": "string", "pattern": "^(?!\\.{1,2}$)[A-Za-z0-9._:-]{1,128}$",
             "description": "not `.` or `..` (path segments that clients normalise away)" } });
@@ -123,15 +176,14 @@ pub fn document(l: &ServiceLimits, default_k: usize) -> Value {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "NOTELLM_API_KEY; required on writes and /admin when set" } },
             "schemas": {
                 "NoteBody": { "type": "object", "additionalProperties": false, "properties": note_properties(l),
-                    "description": "title or content must be non-empty" },
+                    "anyOf": some_text(), "description": "the title or the content must not be blank" },
                 "BatchBody": { "type": "object", "required": ["notes"], "properties": { "notes": { "type": "array",
                     "minItems": 1, "maxItems": l.max_notes_per_batch,
-                    "items": { "type": "object", "properties": batch_item_props,
-                        "description": "a note_id and NoteBody's fields: an entry that breaks NoteBody's rules (or lacks a note_id) gets its own error in the results while the others are written" } } } },
+                    "items": { "description": "an object of a note_id and NoteBody's fields. Each entry is checked on its own: one that is not such an object, or breaks NoteBody's rules, gets its own error in the results while the others are written, so any JSON value is accepted here" } } } },
                 "DraftBody": { "type": "object", "additionalProperties": false, "properties": draft_props,
-                    "description": "title or content must be non-empty" },
+                    "anyOf": some_text(), "description": "the title or the content must not be blank" },
                 "SuggestBody": { "type": "object", "additionalProperties": false, "properties": suggest_props,
-                    "description": "title or content must be non-empty" },
+                    "anyOf": some_text(), "description": "the title or the content must not be blank" },
                 "PutOutcome": { "type": "object", "properties": { "note_id": { "type": "string" },
                     "status": { "enum": ["created", "updated", "unchanged"] }, "seq": { "type": "integer" }, "model_version": { "type": "string" } } },
                 "BatchResults": { "type": "object", "properties": { "results": { "type": "array", "items": { "oneOf": [
@@ -189,6 +241,52 @@ mod tests {
         assert_eq!(s["NoteBody"]["properties"]["title"]["maxLength"], 300);
         assert_eq!(s["DraftBody"]["properties"]["k"]["maximum"], 50);
         assert_eq!(s["SuggestBody"]["properties"]["max_hashtags"]["maximum"], 10);
+    }
+
+    #[test]
+    fn every_operation_states_the_transport_answers() {
+        let doc = document(&ServiceLimits::default(), 20);
+        let mut ops = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let r = &op["responses"];
+                for status in ["414", "503", "504"] {
+                    assert!(r.get(status).is_some(), "{method} {path}: no {status}");
+                }
+                if op.get("requestBody").is_some() {
+                    for status in ["400", "408", "413", "415", "422"] {
+                        assert!(r.get(status).is_some(), "{method} {path}: no {status}");
+                    }
+                }
+                ops += 1;
+            }
+        }
+        assert_eq!(ops, 14);
+        // An operation's own description is kept.
+        assert_eq!(doc["paths"]["/notes:batch"]["post"]["responses"]["422"]["description"], "empty or oversized batch");
+    }
+
+    #[test]
+    fn not_blank_is_the_complement_of_what_trim_removes() {
+        let ws: Vec<u32> =
+            (0..=0x10_FFFF).filter_map(char::from_u32).filter(|c| c.is_whitespace()).map(u32::from).collect();
+        let esc = |c: u32| match c {
+            0x09 => "\\t".to_owned(),
+            0x0d => "\\r".to_owned(),
+            0x20 => " ".to_owned(),
+            c => format!("\\u{c:04x}"),
+        };
+        let mut class = String::new();
+        let mut i = 0;
+        while i < ws.len() {
+            let start = ws[i];
+            while i + 1 < ws.len() && ws[i + 1] == ws[i] + 1 {
+                i += 1;
+            }
+            class += &if ws[i] == start { esc(start) } else { format!("{}-{}", esc(start), esc(ws[i])) };
+            i += 1;
+        }
+        assert_eq!(NOT_BLANK, format!("[^{class}]"));
     }
 
     #[test]

@@ -22,12 +22,27 @@
 //!   gradient accumulation; the embedding head and tau get no gradient and stay as they are.
 //! - **Batches**: a seeded shuffle of the notes per epoch cut into full batches (a partial last
 //!   batch is dropped), so a resumed run sees the same batches.
+//! - **Items**: the training-split notes, a seeded sample of `max_pairs` (here: notes), in
+//!   batches of `2 x pairs_per_step`; every layer trains (`--train-layers` at least the
+//!   model's depth), so there is no frozen pass.
+//! - **Validation**: the loss and perplexity on a seeded sample of `val_pairs` validation notes.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use candle_core::DType;
+use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 
+use super::loss;
+use super::model::TrainableModel;
+use super::objective::{seeded_sample, Micro, TrainingObjective};
+use super::trainer::{LmValidation, Objective, Result, TrainError, TrainOptions, Validation};
+use crate::data::{Dataset, Part};
 use notellm_model::prompt::{Limits, Specials, Truncate, HASHTAG_SEPARATOR};
-use notellm_model::{NoteTokenizer, Result};
-use notellm_note::Note;
+use notellm_model::{ModelError, NoteTokenizer};
+use notellm_note::{Note, NoteId};
 
 /// The text of `note` between BOS and EOS (see the module doc), fields cut to `limits`.
 pub fn render(note: &Note, limits: Limits, specials: &Specials, tok: &dyn Truncate) -> String {
@@ -47,7 +62,7 @@ pub fn render(note: &Note, limits: Limits, specials: &Specials, tok: &dyn Trunca
 }
 
 /// The token ids of `note`: BOS (when the checkpoint has one), the rendered text, EOS.
-pub fn sequence(tok: &NoteTokenizer, limits: Limits, note: &Note) -> Result<Vec<u32>> {
+pub fn sequence(tok: &NoteTokenizer, limits: Limits, note: &Note) -> Result<Vec<u32>, ModelError> {
     let body = tok.encode(&render(note, limits, tok.specials(), tok))?;
     let mut ids = Vec::with_capacity(body.len() + 2);
     ids.extend(tok.bos_id);
@@ -63,8 +78,177 @@ pub fn epoch_batches(notes: &[usize], per_batch: usize, seed: u64, epoch: u64) -
         return Vec::new();
     }
     let mut order = notes.to_vec();
-    order.shuffle(&mut super::trainer::epoch_rng(seed, epoch));
+    order.shuffle(&mut super::objective::epoch_rng(seed, epoch));
     order.chunks_exact(per_batch).map(<[usize]>::to_vec).collect()
+}
+
+/// Causal-LM pre-training on the training-split notes.
+pub struct LmObjective {
+    per_batch: usize,
+    seed: u64,
+    limits: Limits,
+    /// Training notes as indices into the dataset's notes.
+    notes: Vec<usize>,
+    /// Each note's sequence, rendered once (`None`: nothing to predict or not renderable).
+    sequences: HashMap<usize, Option<Vec<u32>>>,
+    /// The validation notes' sequences.
+    val: Vec<Vec<u32>>,
+}
+
+impl LmObjective {
+    pub fn new(data: &Dataset, model: &TrainableModel, opts: &TrainOptions) -> Result<Self> {
+        if opts.pairs_per_step == 0 {
+            return Err(TrainError::Invalid("pairs_per_step must be at least 1".into()));
+        }
+        if model.first_trained_layer() > 0 {
+            let layers = model.decoder().config().num_layers;
+            return Err(TrainError::Invalid(format!(
+                "--objective lm trains every layer: pass --train-layers {layers} or more (the model has \
+                 {layers} layers, --train-layers is {})",
+                opts.train_layers
+            )));
+        }
+        let limits = model.limits();
+        let mut val_ids: Vec<NoteId> = data.ids(Part::Val).to_vec();
+        val_ids.shuffle(&mut StdRng::seed_from_u64(opts.seed.wrapping_add(1)));
+        val_ids.truncate(opts.val_pairs);
+        Ok(Self {
+            per_batch: 2 * opts.pairs_per_step,
+            seed: opts.seed,
+            limits,
+            notes: training_notes(data, opts)?,
+            sequences: HashMap::new(),
+            val: sequences(model.tokenizer(), limits, data, &val_ids)?,
+        })
+    }
+
+    /// The note's sequence, rendered once.
+    fn sequence(&mut self, data: &Dataset, tok: &NoteTokenizer, note: usize) -> Option<Vec<u32>> {
+        if let Some(s) = self.sequences.get(&note) {
+            return s.clone();
+        }
+        let line = &data.notes[note];
+        let seq = match sequence(tok, self.limits, &line.note) {
+            Ok(s) if s.len() >= 2 => Some(s),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(note = %line.note_id, error = %e, "note left out of training");
+                None
+            }
+        };
+        self.sequences.insert(note, seq.clone());
+        seq
+    }
+}
+
+impl TrainingObjective for LmObjective {
+    fn kind(&self) -> Objective {
+        Objective::Lm
+    }
+
+    fn training_items(&self) -> (usize, &'static str) {
+        (self.notes.len(), "notes")
+    }
+
+    fn validation_size(&self) -> usize {
+        self.val.len()
+    }
+
+    fn epoch_plan(&self, epoch: u64) -> Vec<Vec<usize>> {
+        epoch_batches(&self.notes, self.per_batch, self.seed, epoch)
+    }
+
+    fn batch_notes(&self, data: &Dataset, batch: &[usize]) -> Vec<NoteId> {
+        batch.iter().map(|&i| data.notes[i].note_id.clone()).collect()
+    }
+
+    fn micro_step(
+        &mut self,
+        model: &mut TrainableModel,
+        data: &Dataset,
+        batch: &[usize],
+        accumulation: usize,
+    ) -> Result<Micro> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for &n in batch {
+            seqs.extend(self.sequence(data, model.tokenizer(), n));
+        }
+        let Some((logits, targets)) = model.lm_forward(&seqs)? else {
+            return Err(TrainError::Invalid("a batch has no note with a token to predict".into()));
+        };
+        let lm = loss::generation(&logits, &targets)?;
+        let grads = (&lm / accumulation as f64)?.backward()?;
+        let loss = lm.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok(Micro { loss, parts: Vec::new(), notes: seqs.len(), trained: seqs.len(), grads })
+    }
+
+    fn describe_step(&self, _model: &TrainableModel, loss: f64, _parts: &[(&'static str, f64)]) -> Result<String> {
+        Ok(format!("ppl {:.1}", loss.exp()))
+    }
+
+    fn validate(&mut self, model: &mut TrainableModel, step: u64) -> Result<Option<Validation>> {
+        if self.val.is_empty() {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let (loss, tokens) = loss_of(model, &self.val)?;
+        let lm = LmValidation { loss, perplexity: loss.exp(), notes: self.val.len(), tokens };
+        tracing::info!(
+            step,
+            loss = lm.loss,
+            perplexity = lm.perplexity,
+            notes = lm.notes,
+            tokens = lm.tokens,
+            seconds = started.elapsed().as_secs_f64(),
+            "validation"
+        );
+        Ok(Some(Validation { step, recall: Vec::new(), pairs: 0, pool: 0, lm: Some(lm) }))
+    }
+}
+
+/// The sequences of the notes `ids` that have a token to predict.
+pub fn sequences(tok: &NoteTokenizer, limits: Limits, data: &Dataset, ids: &[NoteId]) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let note = data.note(id).ok_or_else(|| TrainError::Invalid(format!("unknown note {id}")))?;
+        let seq = sequence(tok, limits, note)?;
+        if seq.len() >= 2 {
+            out.push(seq);
+        }
+    }
+    Ok(out)
+}
+
+/// Token-weighted mean LM loss of `seqs` under `model` and the number of predicted tokens.
+pub fn loss_of(model: &mut TrainableModel, seqs: &[Vec<u32>]) -> Result<(f64, usize)> {
+    let (mut sum, mut tokens) = (0.0, 0usize);
+    for chunk in seqs.chunks(16) {
+        let Some((logits, targets)) = model.lm_forward(chunk)? else { continue };
+        let n = targets.dim(0)?;
+        let mean = loss::generation(&logits, &targets)?;
+        sum += mean.to_dtype(DType::F64)?.to_scalar::<f64>()? * n as f64;
+        tokens += n;
+    }
+    if tokens == 0 {
+        return Err(TrainError::Invalid("no note has a token to predict".into()));
+    }
+    Ok((sum / tokens as f64, tokens))
+}
+
+/// The training-split notes as note indices (a seeded sample of `max_pairs`).
+fn training_notes(data: &Dataset, opts: &TrainOptions) -> Result<Vec<usize>> {
+    let mut notes: Vec<usize> = data.ids(Part::Train).iter().filter_map(|id| data.by_id.get(id).copied()).collect();
+    notes.sort_unstable();
+    notes.dedup();
+    seeded_sample(&mut notes, opts.max_pairs, opts.seed);
+    let per_batch = 2 * opts.pairs_per_step;
+    if notes.len() < per_batch {
+        return Err(TrainError::Invalid(format!(
+            "{} training notes is fewer than one batch of {per_batch} (2 x pairs_per_step)",
+            notes.len()
+        )));
+    }
+    Ok(notes)
 }
 
 #[cfg(test)]

@@ -8,5 +8,7 @@ pub mod frozen;
 pub mod lm;
 pub mod loss;
 pub mod model;
+pub mod notellm;
+pub mod objective;
 pub mod optim;
 pub mod trainer;

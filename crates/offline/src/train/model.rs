@@ -161,6 +161,11 @@ impl TrainableModel {
         &self.files.notellm
     }
 
+    /// The base checkpoint's prompt budgets.
+    pub fn limits(&self) -> notellm_model::prompt::Limits {
+        self.files.notellm.limits()
+    }
+
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
     }

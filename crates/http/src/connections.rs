@@ -1,0 +1,326 @@
+//! The connection layer under the router: HTTP/1.1 over TCP with every connection bounded.
+//!
+//! - **Header read timeout.** A connection has `header_read_timeout` to send a request's
+//!   headers, counted from when the server starts waiting for them: for a keep-alive connection,
+//!   from the end of the previous response. So the same limit closes a slowloris (headers
+//!   trickled a byte at a time) and an idle keep-alive connection.
+//! - **A connection limit below the descriptor limit.** At most `max_connections` regular
+//!   connections (keep-alive) plus `probe_slots` one-request connections are open at once. A
+//!   connection is accepted only once a slot is free, so the process never runs out of file
+//!   descriptors (`accept: Too many open files`): past the limit, clients wait in the kernel's
+//!   listen backlog, which costs no descriptor. [`plan`] checks the limit against
+//!   `RLIMIT_NOFILE` at start, keeping [`RESERVED_FDS`] for the store, the index snapshot and
+//!   the model.
+//! - **Probes stay answerable.** When every regular slot is taken (by idle or slow clients), a
+//!   new connection takes a probe slot: it is served one request, with keep-alive off and a
+//!   header timeout of at most [`PROBE_HEADER_TIMEOUT`], so a `/healthz` or `/readyz` from a
+//!   kubelet is answered within a few seconds however many connections are held open.
+//! - **Graceful shutdown.** On the shutdown signal the listener closes, every connection is told
+//!   to finish its in-flight request and close, and [`serve`] returns when the last one has.
+//!
+//! Request-level limits (body size, body read time, URI length, request time, concurrency) are
+//! the router's ([`crate::api`]).
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus::{IntCounterVec, IntGauge};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+/// Descriptors kept for everything but client connections: the store's pool and SQLite's files,
+/// the snapshot being written, the model's files, the runtime's own.
+pub const RESERVED_FDS: u64 = 256;
+/// The longest header timeout of a connection served in a probe slot.
+pub const PROBE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most regular connections when `--max-connections` is left to the descriptor limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Probe slots (one-request connections past the limit).
+pub const DEFAULT_PROBE_SLOTS: usize = 16;
+
+/// How many connections, and how long a connection may wait for a request's headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub probe_slots: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: Duration::from_secs(10), max_connections: 1024, probe_slots: DEFAULT_PROBE_SLOTS }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectionError {
+    #[error(
+        "--max-connections {requested} needs {needed} file descriptors (plus {probes} probe slots and {RESERVED_FDS} \
+         for the store and files), but RLIMIT_NOFILE allows {limit}: raise it (ulimit -n, LimitNOFILE=, the \
+         container's nofile) or lower --max-connections"
+    )]
+    TooManyConnections { requested: usize, probes: usize, needed: u64, limit: u64 },
+    #[error(
+        "RLIMIT_NOFILE is {limit}: too low to serve (it must exceed {RESERVED_FDS} descriptors kept for the store \
+         and files plus {probes} probe slots); raise it"
+    )]
+    DescriptorsTooFew { limit: u64, probes: usize },
+    #[error("--header-read-timeout must be positive")]
+    ZeroHeaderTimeout,
+}
+
+/// The regular connection limit for a descriptor limit of `nofile`: `requested`, checked to
+/// fit, or (`None`) as many as fit, at most [`DEFAULT_MAX_CONNECTIONS`].
+pub fn plan(
+    requested: Option<usize>,
+    probes: usize,
+    header_read_timeout: Duration,
+    nofile: u64,
+) -> Result<ConnectionLimits, ConnectionError> {
+    if header_read_timeout.is_zero() {
+        return Err(ConnectionError::ZeroHeaderTimeout);
+    }
+    let fixed = RESERVED_FDS + probes as u64;
+    let available = nofile.checked_sub(fixed).filter(|&a| a > 0);
+    let max_connections = match (requested, available) {
+        (_, None) => return Err(ConnectionError::DescriptorsTooFew { limit: nofile, probes }),
+        (Some(n), Some(a)) if n as u64 > a => {
+            return Err(ConnectionError::TooManyConnections {
+                requested: n,
+                probes,
+                needed: n as u64 + fixed,
+                limit: nofile,
+            })
+        }
+        (Some(n), Some(_)) => n.max(1),
+        (None, Some(a)) => usize::try_from(a).unwrap_or(usize::MAX).min(DEFAULT_MAX_CONNECTIONS),
+    };
+    Ok(ConnectionLimits { header_read_timeout, max_connections, probe_slots: probes })
+}
+
+/// The soft `RLIMIT_NOFILE`, first raised to the hard limit where it is lower (as most servers
+/// do; the hard limit is what the operator allowed).
+#[cfg(unix)]
+pub fn descriptor_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(from = lim.rlim_cur, to = lim.rlim_max, "raised the soft RLIMIT_NOFILE to the hard limit");
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+#[cfg(not(unix))]
+pub fn descriptor_limit() -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+/// Connection metrics (registered in the service's registry).
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// `notellm_http_connections`: open now.
+    pub open: IntGauge,
+    /// `notellm_http_connections_total{slot}`: accepted, by slot (`regular`, `probe`).
+    pub accepted: IntCounterVec,
+    /// `notellm_http_connections_closed_total{reason}`: `header_timeout`, `error` or `done`.
+    pub closed: IntCounterVec,
+}
+
+impl ConnectionMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let open = IntGauge::new("notellm_http_connections", "HTTP connections open")?;
+        let accepted = IntCounterVec::new(
+            prometheus::Opts::new(
+                "notellm_http_connections_total",
+                "HTTP connections accepted, by slot (regular: keep-alive; probe: one request, past the limit)",
+            ),
+            &["slot"],
+        )?;
+        let closed = IntCounterVec::new(
+            prometheus::Opts::new(
+                "notellm_http_connections_closed_total",
+                "HTTP connections closed, by reason (header_timeout: no complete request headers in time)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(open.clone()))?;
+        registry.register(Box::new(accepted.clone()))?;
+        registry.register(Box::new(closed.clone()))?;
+        for slot in SlotKind::ALL {
+            accepted.with_label_values(&[slot.label()]);
+        }
+        for reason in ["header_timeout", "error", "done"] {
+            closed.with_label_values(&[reason]);
+        }
+        Ok(Self { open, accepted, closed })
+    }
+}
+
+/// Which kind of slot a connection holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotKind {
+    /// Keep-alive, the full header timeout.
+    Regular,
+    /// One request, a short header timeout: past the regular limit.
+    Probe,
+}
+
+impl SlotKind {
+    const ALL: [SlotKind; 2] = [SlotKind::Regular, SlotKind::Probe];
+
+    fn label(self) -> &'static str {
+        match self {
+            SlotKind::Regular => "regular",
+            SlotKind::Probe => "probe",
+        }
+    }
+}
+
+/// A connection's slot; freed when the connection closes and this drops.
+struct Slot {
+    kind: SlotKind,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A free slot: a regular one if there is one, else a probe slot, else the first that frees.
+async fn admit(regular: &Arc<Semaphore>, probe: &Arc<Semaphore>) -> Slot {
+    let slot = |kind, _permit| Slot { kind, _permit };
+    if let Ok(p) = regular.clone().try_acquire_owned() {
+        return slot(SlotKind::Regular, p);
+    }
+    if let Ok(p) = probe.clone().try_acquire_owned() {
+        return slot(SlotKind::Probe, p);
+    }
+    // Neither semaphore is ever closed, so acquiring cannot fail.
+    tokio::select! {
+        Ok(p) = regular.clone().acquire_owned() => slot(SlotKind::Regular, p),
+        Ok(p) = probe.clone().acquire_owned() => slot(SlotKind::Probe, p),
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets every open
+/// connection finish its request and returns once all have closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let regular = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let probe = Arc::new(Semaphore::new(limits.probe_slots));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        // A slot first, then accept: a connection without a slot waits in the listen backlog.
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = admit(&regular, &probe) => slot,
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Per-connection failures (reset before accept) and resource exhaustion
+                    // alike: log, back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %peer, "set_nodelay failed");
+        }
+        metrics.accepted.with_label_values(&[slot.kind.label()]).inc();
+        metrics.open.inc();
+        let (router, metrics, mut stop) = (router.clone(), metrics.clone(), stop_rx.clone());
+        connections.spawn(async move {
+            let (keep_alive, header_timeout) = match slot.kind {
+                SlotKind::Regular => (true, limits.header_read_timeout),
+                SlotKind::Probe => (false, limits.header_read_timeout.min(PROBE_HEADER_TIMEOUT)),
+            };
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(keep_alive);
+            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+            let mut conn = pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                // (The borrow `wait_for` resolves to is dropped inside: it must not live across
+                // the await below.)
+                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    // The connection closes after its in-flight request (at once when idle).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            let reason = match &result {
+                Ok(()) => "done",
+                Err(e) if e.is_timeout() => "header_timeout",
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    "error"
+                }
+            };
+            metrics.closed.with_label_values(&[reason]).inc();
+            metrics.open.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    tracing::info!(open = connections.len(), "stopped accepting; waiting for open connections");
+    while connections.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn the_limit_fits_below_the_descriptor_limit() {
+        // Left to the limit: what fits, capped.
+        let l = plan(None, 16, T, 1024).unwrap();
+        assert_eq!(l.max_connections, 1024 - 256 - 16);
+        assert_eq!(plan(None, 16, T, 1 << 20).unwrap().max_connections, DEFAULT_MAX_CONNECTIONS);
+        // Asked for: granted when it fits, refused with the numbers when it does not.
+        assert_eq!(plan(Some(700), 16, T, 1024).unwrap().max_connections, 700);
+        let e = plan(Some(2000), 16, T, 1024).unwrap_err();
+        assert_eq!(e, ConnectionError::TooManyConnections { requested: 2000, probes: 16, needed: 2272, limit: 1024 });
+        assert!(e.to_string().contains("ulimit -n"), "{e}");
+        assert_eq!(plan(Some(752), 16, T, 1024).unwrap().max_connections, 752);
+        assert!(plan(Some(753), 16, T, 1024).is_err());
+        // Too few descriptors to serve at all, and a zero timeout.
+        assert!(matches!(plan(None, 16, T, 200), Err(ConnectionError::DescriptorsTooFew { .. })));
+        assert!(matches!(plan(None, 16, T, 272), Err(ConnectionError::DescriptorsTooFew { .. })));
+        assert_eq!(plan(None, 16, Duration::ZERO, 1024), Err(ConnectionError::ZeroHeaderTimeout));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_descriptor_limit_is_read() {
+        let n = descriptor_limit().unwrap();
+        assert!(n >= 64, "{n}");
+    }
+}
