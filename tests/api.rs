@@ -756,3 +756,85 @@ async fn connections_are_bounded_and_probes_stay_answerable() {
     drop(idle);
     s.stop().await;
 }
+
+/// A tmpfs of `size` mounted for the test's life (lazily unmounted on drop, a panic included).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where this process may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The SQLite store on a disk that fills up: writes answer 507 `insufficient_storage` (not a
+/// retryable 503 without a reason), `/readyz` stays 200 for reads but says writes are refused,
+/// `/related` keeps answering, and once space is freed writes succeed again with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_507_and_recovers_without_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let mnt = root.path().join("disk");
+    let Some(_disk) = Tmpfs::mount(&mnt, "8m") else {
+        assert!(std::env::var_os("CI").is_none(), "CI runs as root and must be able to mount a tmpfs");
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let data = mnt.join("data");
+    let s = start(&Backend::sqlite(), |c, _| c.data_dir = data.clone()).await;
+    for i in 0..5 {
+        assert_eq!(put(&s, &format!("n{i}"), &note_json(i)).await.0, StatusCode::CREATED);
+    }
+    // Fill the disk but for a little room.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut full = None;
+    for i in 5..2000 {
+        let (st, v) = put(&s, &format!("n{i}"), &note_json(i % 200)).await;
+        if st != StatusCode::CREATED {
+            full = Some((i, st, v));
+            break;
+        }
+    }
+    let (first_refused, st, v) = full.expect("the disk never filled");
+    assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    assert_error(&v, "insufficient_storage");
+    // Refused again (the connection is not left broken), and said so by /readyz and /metrics.
+    let (st, v) = put(&s, "again", &note_json(1)).await;
+    assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE, "{v}");
+    let (st, v) = json_of(s.http.get(s.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["writes"], "refused: the store is out of space", "{v}");
+    let m = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&m, "notellm_store_full"), 1.0);
+    let (st, _) = json_of(s.http.get(s.url("/related/n1?k=3")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "reads go on");
+    // Space back: the same server writes again.
+    std::fs::remove_file(&filler).unwrap();
+    let (st, v) = put(&s, "after", &note_json(2)).await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (_, v) = json_of(s.http.get(s.url("/readyz")).send().await.unwrap()).await;
+    assert_eq!(v["writes"], "accepted", "{v}");
+    let (st, v) = json_of(s.http.get(s.url("/notes/after")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(json_of(s.http.get(s.url("/notes/again")).send().await.unwrap()).await.0, StatusCode::NOT_FOUND);
+    eprintln!("the disk filled at note {first_refused}");
+    s.stop().await;
+}

@@ -126,6 +126,9 @@ pub struct App {
     ready: AtomicBool,
     /// A background rebuild of the index (too many tombstones) is running.
     rebuilding: Arc<AtomicBool>,
+    /// The last write failed because the store is out of space (cleared by the next write that
+    /// succeeds); `/readyz` says so while reads go on.
+    storage_full: AtomicBool,
 }
 
 impl App {
@@ -154,6 +157,7 @@ impl App {
             gate: WriteGate::new(),
             ready: AtomicBool::new(false),
             rebuilding: Arc::new(AtomicBool::new(false)),
+            storage_full: AtomicBool::new(false),
         }
     }
 
@@ -217,7 +221,24 @@ impl App {
     fn store_err(&self, op: &str, e: notellm_store::StoreError) -> AppError {
         self.metrics.store_errors.with_label_values(&[op]).inc();
         tracing::error!(op, kind = e.kind(), error = %e, "store operation failed");
+        if e.is_storage_full() && !self.storage_full.swap(true, Ordering::SeqCst) {
+            self.metrics.store_full.set(1);
+        }
         e.into()
+    }
+
+    /// A write reached the store: it has space again, if it had run out.
+    fn store_wrote(&self) {
+        if self.storage_full.swap(false, Ordering::SeqCst) {
+            self.metrics.store_full.set(0);
+            tracing::info!("the store accepts writes again");
+        }
+    }
+
+    /// Why writes are refused now, when they are for a reason reads are not (the store is out of
+    /// space); `None` while they are accepted.
+    pub fn writes_refused(&self) -> Option<&'static str> {
+        self.storage_full.load(Ordering::SeqCst).then_some("the store is out of space")
     }
 
     pub(crate) fn update_index_gauges(&self) {
@@ -301,6 +322,7 @@ impl App {
                 })
                 .collect();
             let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
+            self.store_wrote();
             let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
             serving.index.upsert_batch(&batch)?;
             guard.changed();
@@ -334,6 +356,7 @@ impl App {
         let guard = self.gate.write([id]).await;
         let seq =
             self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or_else(note_not_found)?;
+        self.store_wrote();
         self.index().remove(id);
         guard.changed();
         drop(guard);

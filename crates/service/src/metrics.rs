@@ -41,6 +41,7 @@ pub struct Metrics {
     pub index_rebuilds: IntCounter,
     pub snapshots_rejected: IntCounter,
     pub store_up: IntGauge,
+    pub store_full: IntGauge,
     pub snapshot_age: Gauge,
     pub store_errors: IntCounterVec,
     pub build_info: GaugeVec,
@@ -136,6 +137,10 @@ impl Metrics {
                 "notellm_store_up",
                 "1 while the store answers the service's health probe (every second), else 0",
             )?,
+            store_full: IntGauge::new(
+                "notellm_store_full",
+                "1 while the store refuses writes for lack of space (since the last write failed so, until one succeeds)",
+            )?,
             snapshots_rejected: IntCounter::new(
                 "notellm_snapshots_rejected_total",
                 "Index snapshots the store contradicted at start (the index was rebuilt from the store)",
@@ -224,6 +229,7 @@ impl Metrics {
         r.register(Box::new(m.index_rebuilds.clone()))?;
         r.register(Box::new(m.snapshots_rejected.clone()))?;
         r.register(Box::new(m.store_up.clone()))?;
+        r.register(Box::new(m.store_full.clone()))?;
         r.register(Box::new(m.snapshot_age.clone()))?;
         r.register(Box::new(m.store_errors.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;

@@ -1,5 +1,6 @@
 //! `/healthz` (alive), `/readyz` (model thread, index restored, store reachable) and `/metrics`.
-//! None of them queue behind inference.
+//! None of them queue behind inference. A store that is out of space keeps `/readyz` at 200
+//! (reads and `/related` still answer) and its body says that writes are refused.
 
 use axum::extract::State;
 use axum::http::header;
@@ -15,9 +16,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match s.app.readiness().await {
-        Ok(()) => {
-            Ok(Json(json!({ "status": "ready", "model_version": s.app.model_version(), "notes": s.app.index().len() })))
-        }
+        Ok(()) => Ok(Json(json!({
+            "status": "ready",
+            "model_version": s.app.model_version(),
+            "notes": s.app.index().len(),
+            "writes": match s.app.writes_refused() {
+                None => "accepted".to_owned(),
+                Some(why) => format!("refused: {why}"),
+            },
+        }))),
         Err(why) => Err(ApiError::not_ready(why)),
     }
 }
