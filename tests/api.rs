@@ -838,3 +838,28 @@ async fn a_full_disk_answers_507_and_recovers_without_a_restart() {
     eprintln!("the disk filled at note {first_refused}");
     s.stop().await;
 }
+
+/// What hyper refuses before routing is JSON too: a 100 KB URI, a 500 KB header, a request
+/// line that is not HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_refuses_answer_in_json() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(&Backend::sqlite(), |_, _| {}).await;
+    let long_uri = format!("GET /related/a?pad={} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(100_000));
+    let big_header = format!("GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n\r\n", "a".repeat(500_000));
+    let cases = [
+        (long_uri, 414, "uri_too_long"),
+        (big_header, 431, "headers_too_large"),
+        ("NOT HTTP\r\n\r\n".to_owned(), 400, "malformed_request"),
+    ];
+    for (req, status, code) in cases {
+        let mut c = raw::connect(&s.base).await;
+        let _ = c.write_all(req.as_bytes()).await;
+        let (text, _) = raw::read_until_closed(&mut c, Duration::from_secs(5)).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+        assert_error(&v, code);
+    }
+    s.stop().await;
+}

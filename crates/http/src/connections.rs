@@ -18,6 +18,9 @@
 //! - **Graceful shutdown.** On the shutdown signal the listener closes, every connection is told
 //!   to finish its in-flight request and close, and [`serve`] returns when the last one has.
 //!
+//! - **Parse errors in JSON.** A request hyper cannot parse is answered by hyper itself; those
+//!   answers get the JSON error body on the way out ([`crate::parse_errors`]).
+//!
 //! Request-level limits (body size, body read time, URI length, request time, concurrency) are
 //! the router's ([`crate::api`]).
 
@@ -33,6 +36,8 @@ use prometheus::{IntCounterVec, IntGauge};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+
+use crate::parse_errors::JsonParseErrors;
 
 /// Descriptors kept for everything but client connections: the store's pool and SQLite's files,
 /// the snapshot being written, the model's files, the runtime's own.
@@ -261,7 +266,8 @@ pub async fn serve(
             };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(keep_alive);
-            let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+            let conn =
+                builder.serve_connection(TokioIo::new(JsonParseErrors::new(stream)), TowerToHyperService::new(router));
             let mut conn = pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,

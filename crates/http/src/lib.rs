@@ -7,4 +7,5 @@
 
 pub mod api;
 pub mod connections;
+mod parse_errors;
 pub mod server;

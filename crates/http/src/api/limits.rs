@@ -2,7 +2,7 @@
 //!
 //! - a URI (path and query) over [`MAX_URI_BYTES`]: 414 `uri_too_long`. (URIs past 64 KiB,
 //!   and header blocks past hyper's buffer, are refused by the HTTP parser itself, before any
-//!   routing, with a bare 414 or 431.)
+//!   routing; [`crate::parse_errors`] gives those answers the same JSON shape.)
 //! - a `Content-Length` over `--body-limit-bytes`: 413 `body_too_large` at once, before a byte
 //!   of the body is read, and the connection closes (the unread body is not drained).
 //!

@@ -58,7 +58,8 @@ pub fn document(l: &ServiceLimits, default_k: usize) -> Value {
 
 /// Adds to every operation the answers of the layers around the handlers (the request limits,
 /// authentication, load shedding and the request timeout), where the operation does not state
-/// its own: every operation can be refused for its URI (414), shed (503) or time out (504);
+/// its own: every operation can be refused for its URI (414) or headers (431), fail inside
+/// (500), be shed (503) or time out (504);
 /// one with a body for malformed JSON (400), a slow body (408), its size (413) or its type
 /// (415); one with a query for a query that does not parse (400); one with `security` for its
 /// key (401).
@@ -74,6 +75,8 @@ fn add_transport_statuses(doc: &mut Value) {
             responses.entry(status).or_insert_with(|| err(description));
         };
         add("414", "URI over 8 KiB");
+        add("431", "request header block too large");
+        add("500", "an internal fault (logged; not retryable)");
         add("503", "too many requests in flight (Retry-After)");
         add("504", "over the request timeout");
         if has_body {
@@ -250,7 +253,7 @@ mod tests {
         for (path, item) in doc["paths"].as_object().unwrap() {
             for (method, op) in item.as_object().unwrap() {
                 let r = &op["responses"];
-                for status in ["414", "503", "504"] {
+                for status in ["414", "431", "500", "503", "504"] {
                     assert!(r.get(status).is_some(), "{method} {path}: no {status}");
                 }
                 if op.get("requestBody").is_some() {
