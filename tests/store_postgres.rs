@@ -254,3 +254,35 @@ async fn later_writer_waits_for_earlier_seq() {
     })
     .await;
 }
+
+async fn next(l: &mut sqlx::postgres::PgListener) -> (String, String) {
+    let n = tokio::time::timeout(Duration::from_secs(5), l.recv()).await.expect("no notification").unwrap();
+    (n.channel().to_owned(), n.payload().to_owned())
+}
+
+/// Every committed write announces its last seq on the store's channel, in commit order; a
+/// write that rolls back (a delete of an unknown note) announces nothing; another schema's
+/// writes go to another channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_writes_notify_their_seq() {
+    with_pg(|fx| async move {
+        let store = fx.store().await;
+        let mut listener = sqlx::postgres::PgListener::connect(&fx.url).await.unwrap();
+        let channel = store::changes_channel(Some(&fx.schema));
+        assert_eq!(channel, format!("notellm_changes.{}", fx.schema));
+        listener.listen(&channel).await.unwrap();
+        listener.listen(&store::changes_channel(None)).await.unwrap();
+        assert_eq!(put(&store, &id("a"), &note(1), &emb(1, 4)).await, 1);
+        assert_eq!(next(&mut listener).await, (channel.clone(), "1".to_owned()));
+        assert_eq!(put(&store, &id("b"), &note(2), &emb(2, 4)).await, 2);
+        assert_eq!(next(&mut listener).await, (channel.clone(), "2".to_owned()));
+        assert_eq!(store.delete_note(&id("nope")).await.unwrap(), None);
+        assert_eq!(store.delete_note(&id("a")).await.unwrap(), Some(3));
+        // The unknown note's rolled-back delete said nothing: the next one heard is seq 3.
+        assert_eq!(next(&mut listener).await, (channel.clone(), "3".to_owned()));
+        let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+        assert!(quiet.is_err(), "an extra notification: {quiet:?}");
+        store.close().await;
+    })
+    .await;
+}

@@ -62,6 +62,7 @@ use notellm_note::{Embedding, ModelVersion, Note, NoteId};
 pub use codec::content_hash;
 pub use error::StoreError;
 pub use migrations::MigrationReport;
+pub use postgres::changes_channel;
 
 use postgres::PgStore;
 use sqlite::{SqliteStore, SqliteTarget};

@@ -25,6 +25,19 @@ use notellm_note::{Embedding, ModelVersion, NoteId};
 #[derive(Debug, Clone)]
 pub(crate) struct PgStore {
     pool: PgPool,
+    /// Where every committed write announces its last seq ([`changes_channel`]).
+    channel: String,
+}
+
+/// The `NOTIFY` channel of a store in `schema` (`None`: the default search path). Every write
+/// transaction that takes seqs (put, delete, the re-index switch) notifies it with the last seq
+/// it took; Postgres delivers the notification at commit, in commit order, and never for a
+/// rolled-back transaction. The payload is the seq alone (payloads are bounded at 8000 bytes).
+pub fn changes_channel(schema: Option<&str>) -> String {
+    match schema {
+        Some(s) => format!("notellm_changes.{s}"),
+        None => "notellm_changes".to_owned(),
+    }
 }
 
 /// Columns of a full note; `dim` and the timestamps are cast so that [`NoteRow`] fits both
@@ -112,7 +125,8 @@ impl PgStore {
             }
         }
         let report = migrations::run_postgres(pool.acquire().await?).await?;
-        Ok((PgStore { pool }, report))
+        let channel = changes_channel(opts.schema.as_deref());
+        Ok((PgStore { pool, channel }, report))
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
@@ -136,7 +150,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let first = allocate_seqs(&mut tx, batch.len()).await?;
+        let first = allocate_seqs(&mut tx, batch.len(), &self.channel).await?;
         let mut seqs = Vec::with_capacity(batch.len());
         for (w, seq) in batch.iter().zip(first..) {
             sqlx::query(UPSERT)
@@ -184,7 +198,7 @@ impl PgStore {
 
     pub(crate) async fn delete_note(&self, id: &NoteId) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
-        let seq = allocate_seqs(&mut tx, 1).await?;
+        let seq = allocate_seqs(&mut tx, 1, &self.channel).await?;
         let done = sqlx::query(DELETE).bind(id.as_str()).bind(seq).execute(&mut *tx).await?.rows_affected();
         if done == 0 {
             // Unknown note: give the sequence number back so that seqs stay gap-free.
@@ -347,6 +361,7 @@ impl PgStore {
             });
         }
         let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(total).fetch_one(&mut *tx).await?;
+        notify(&mut tx, &self.channel, last).await?;
         let updated =
             sqlx::query(PROMOTE).bind(&s.model_version.0).bind(before).execute(&mut *tx).await?.rows_affected();
         let missing = u64::try_from(total).unwrap_or(0).saturating_sub(updated);
@@ -385,9 +400,17 @@ impl PgStore {
 }
 
 /// Allocates `n` consecutive sequence numbers inside `tx` and returns the first. The counter
-/// row stays locked until `tx` ends, which is what makes seq order equal commit order.
-async fn allocate_seqs(tx: &mut PgTransaction<'_>, n: usize) -> Result<i64> {
+/// row stays locked until `tx` ends, which is what makes seq order equal commit order; the
+/// last seq is announced on `channel` when `tx` commits.
+async fn allocate_seqs(tx: &mut PgTransaction<'_>, n: usize, channel: &str) -> Result<i64> {
     let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
     let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    notify(tx, channel, last).await?;
     Ok(last - n + 1)
+}
+
+/// Queues the notification of `seq` on `channel`; Postgres sends it if and when `tx` commits.
+async fn notify(tx: &mut PgTransaction<'_>, channel: &str, seq: i64) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(seq.to_string()).execute(&mut **tx).await?;
+    Ok(())
 }
