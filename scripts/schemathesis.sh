@@ -53,13 +53,15 @@ for i, line in enumerate(sys.stdin):
     urllib.request.urlopen(req).read()
 '
 status=0
-"$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "http://127.0.0.1:$PORT/openapi.json" \
+# Run from the temporary directory: schemathesis keeps a cache in its working directory.
+CONFIG="$PWD/scripts/schemathesis.toml"
+(cd "$WORK" && "$VENV/bin/schemathesis" --config-file "$CONFIG" run "http://127.0.0.1:$PORT/openapi.json" \
   --checks all \
   --header "Authorization: Bearer $KEY" \
   --max-examples "$MAX_EXAMPLES" \
   --seed 1 \
   --workers 2 \
-  --no-color \
+  --no-color) \
   || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- server log (tail)" >&2

@@ -49,6 +49,10 @@ pub(super) async fn check(State(state): State<AppState>, req: Request, next: Nex
             return resp;
         }
     }
+    // A request without a body (most GETs) has nothing to time: it goes on as it is.
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
     let timeout = state.http.body_read_timeout;
     next.run(req.map(|body| Body::new(DeadlineBody::new(body, timeout)))).await
 }
