@@ -702,10 +702,27 @@ def check_k8s(valid_env, facts):
             data_dir = env.get("NOTELLM_DATA_DIR")
             vol = volumes.get(mounts.get(data_dir), {})
             claim = vol.get("persistentVolumeClaim", {}).get("claimName")
-            if not claim:
-                err(p, f"{cw}: NOTELLM_DATA_DIR {data_dir} is not mounted from a PersistentVolumeClaim")
-            elif get("PersistentVolumeClaim", claim) is None:
-                err(p, f"{cw}: PersistentVolumeClaim {claim} is not defined in deploy/k8s")
+            following = env.get("NOTELLM_FOLLOW", "").lower() in ("true", "1", "yes")
+            if claim:
+                if get("PersistentVolumeClaim", claim) is None:
+                    err(p, f"{cw}: PersistentVolumeClaim {claim} is not defined in deploy/k8s")
+            elif not (following and "emptyDir" in vol):
+                # Snapshots alone (Postgres) may live in a pod's emptyDir; the SQLite store may not.
+                err(p, f"{cw}: NOTELLM_DATA_DIR {data_dir} is neither a PersistentVolumeClaim nor (replica mode) an emptyDir")
+            replicas = d.get("spec", {}).get("replicas", 1)
+            if replicas > 1:
+                if not following:
+                    err(p, f"{cw}: replicas > 1 without NOTELLM_FOLLOW=true serve stale /related for notes written through another replica")
+                if "DATABASE_URL" not in env and "DATABASE_URL" not in {e.get("name") for e in c.get("env", [])}:
+                    err(p, f"{cw}: replicas > 1 need the shared Postgres store (DATABASE_URL)")
+                strat = d.get("spec", {}).get("strategy", {})
+                if strat.get("type") != "RollingUpdate" or str(strat.get("rollingUpdate", {}).get("maxUnavailable")) != "0":
+                    err(p, "replicas > 1: strategy must be RollingUpdate with maxUnavailable 0 (gated by readiness)")
+                for (kind, name), (op, o) in objects.items():
+                    if kind == "PodDisruptionBudget":
+                        ma = o.get("spec", {}).get("minAvailable")
+                        if not isinstance(ma, int) or not 1 <= ma < replicas:
+                            err(op, f"PodDisruptionBudget/{name}: minAvailable {ma} must be 1..{replicas - 1} for {replicas} replicas")
             facts["data_dirs"].append((p, "k8s NOTELLM_DATA_DIR", data_dir))
             facts["images"].append((p, f"k8s {cw}", c.get("image", ""), "cuda"))
             ann = tmpl.get("metadata", {}).get("annotations", {})
@@ -718,9 +735,6 @@ def check_k8s(valid_env, facts):
             sc = spec.get("securityContext", {})
             if not sc.get("runAsNonRoot") or sc.get("runAsUser", 0) == 0:
                 err(p, "pod securityContext must run as a non-root user")
-        if d.get("spec", {}).get("replicas", 1) > 1:
-            # Each replica learns of writes only through its own API (no change following yet).
-            err(p, "replicas > 1 serve stale /related for notes written through another replica")
         for (kind, name), (op, o) in objects.items():
             if kind in ("Service", "PodDisruptionBudget", "ServiceMonitor"):
                 s = o.get("spec", {}).get("selector", {})
@@ -759,7 +773,7 @@ def check_k8s(valid_env, facts):
                         )
                     if ep.get("path", "/metrics") != "/metrics":
                         err(op, f"ServiceMonitor/{name}: path must be /metrics")
-    for kind in ("Service", "PodDisruptionBudget", "PersistentVolumeClaim", "Secret", "ConfigMap"):
+    for kind in ("Service", "PodDisruptionBudget", "Secret", "ConfigMap"):
         if not any(k == kind for k, _ in objects):
             err(K8S, f"no {kind}")
     # The kustomization's image override names the Deployment's image.

@@ -53,14 +53,16 @@ for i, line in enumerate(sys.stdin):
     urllib.request.urlopen(req).read()
 '
 status=0
-# Run from the temporary directory: schemathesis keeps a cache in its working directory.
+# Run from the temporary directory: schemathesis keeps a cache in its working directory. One
+# worker: with two, hypothesis (shared by the worker threads) once failed its own example
+# generation for POST /notes:batch with FlakyFailure, an error of the tool, not of the service.
 CONFIG="$PWD/scripts/schemathesis.toml"
 (cd "$WORK" && "$VENV/bin/schemathesis" --config-file "$CONFIG" run "http://127.0.0.1:$PORT/openapi.json" \
   --checks all \
   --header "Authorization: Bearer $KEY" \
   --max-examples "$MAX_EXAMPLES" \
   --seed 1 \
-  --workers 2 \
+  --workers 1 \
   --no-color) \
   || status=$?
 if [ "$status" -ne 0 ]; then

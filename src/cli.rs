@@ -187,9 +187,11 @@ impl PipelineArgs {
             hnsw_ef_search: self.hnsw_ef_search,
             rebuild_tombstone_share: self.rebuild_tombstone_share,
             snapshot_interval: std::time::Duration::from_secs(self.snapshot_interval_secs),
-            // `serve` sets these from its flags; `ingest` answers no /related or /suggest-tags.
+            // `serve` sets these from its flags; `ingest` answers no /related or /suggest-tags and
+            // follows no other writer.
             related_cache_entries: 0,
             suggest: notellm_service::SuggestConfig::default(),
+            follow: None,
         })
     }
 }

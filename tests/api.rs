@@ -57,6 +57,7 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut Ht
         // On, so that every /related below also goes through the answer cache.
         related_cache_entries: 4096,
         suggest: Default::default(),
+        follow: None,
     };
     let mut http = HttpConfig { body_limit_bytes: 64 * 1024, ..Default::default() };
     tweak(&mut cfg, &mut http);

@@ -9,7 +9,6 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use notellm_artifacts::init::{init_model, InitOptions, Preset};
 use notellm_model::config::Family;
 use notellm_model::prompt::Limits;
 use notellm_offline::data::Dataset;
@@ -111,17 +110,7 @@ fn the_disk_cache_gives_back_what_was_computed() {
     // Another depth or another base gets another directory.
     let mut deeper = TrainableModel::load(&base, &Device::Cpu, &options(0)).unwrap();
     assert_ne!(deeper.set_disk_cache(&root).unwrap().unwrap(), d1);
-    let other_base = dir.path().join("other");
-    let opts = InitOptions {
-        preset: Preset::Tiny,
-        family: Family::Llama,
-        vocab_size: 1200,
-        embedding_dim: 32,
-        seed: 8,
-        shards: 1,
-        model_version: None,
-    };
-    init_model(&dir.path().join("corpus.jsonl"), &other_base, &opts).unwrap();
+    let other_base = common::tiny_model_seeded(dir.path(), "other", Family::Llama, 1, 8, 32);
     let mut other = TrainableModel::load(&other_base, &Device::Cpu, &options(1)).unwrap();
     assert_ne!(other.set_disk_cache(&root).unwrap().unwrap(), d1);
     // Without frozen layers there is nothing to cache.

@@ -104,6 +104,7 @@ async fn start(model: &Path, data: &Path, backend: &Backend, key: Option<&str>) 
         // On, so that every /related below also goes through the answer cache.
         related_cache_entries: 4096,
         suggest: Default::default(),
+        follow: None,
     };
     let http = HttpConfig { api_key: key.map(str::to_owned), ..Default::default() };
     let app = server::build(&cfg).await.unwrap();

@@ -56,9 +56,37 @@ pub struct ServeArgs {
     /// Nearest indexed notes that vote in a /suggest-tags answer (1-200).
     #[arg(long, env = "NOTELLM_SUGGEST_NEIGHBOURS", default_value_t = notellm_service::DEFAULT_SUGGEST_NEIGHBOURS)]
     pub suggest_neighbours: usize,
+    /// Replica mode: follow the writes that other `notellm serve` processes make to the same
+    /// Postgres store (LISTEN plus a poll), so that any number of them answer alike. Needs
+    /// Postgres; the embedded SQLite store serves one process.
+    #[arg(long, env = "NOTELLM_FOLLOW", default_value_t = false)]
+    pub follow: bool,
+    /// Replica mode: seconds between reads of the store's changes without a notification (a
+    /// lost one is applied at most this late), and between heartbeats of the listener.
+    #[arg(long, env = "NOTELLM_FOLLOW_INTERVAL", default_value_t = 2.0)]
+    pub follow_interval: f64,
+    /// Replica mode: seconds a replica may stay behind the store before /readyz turns 503.
+    #[arg(long, env = "NOTELLM_MAX_FOLLOW_LAG", default_value_t = 30.0)]
+    pub max_follow_lag: f64,
 }
 
 impl ServeArgs {
+    /// Replica mode's settings, when `--follow` is on.
+    pub fn follow_config(&self) -> Result<Option<notellm_service::FollowConfig>> {
+        if !self.follow {
+            return Ok(None);
+        }
+        let secs = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{name} must be a number of seconds, got {v}"))
+        };
+        let cfg = notellm_service::FollowConfig {
+            interval: secs("--follow-interval", self.follow_interval)?,
+            max_lag: secs("--max-follow-lag", self.max_follow_lag)?,
+        };
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(cfg))
+    }
+
     pub fn suggest_config(&self) -> notellm_service::SuggestConfig {
         notellm_service::SuggestConfig { from: self.suggest_from, neighbours: self.suggest_neighbours }
     }
@@ -99,6 +127,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         let cfg = server::ServiceConfig {
             related_cache_entries: a.related_cache_entries,
             suggest: a.suggest_config(),
+            follow: a.follow_config()?,
             ..a.pipeline.service_config()?
         };
         let http = a.http_config()?;

@@ -67,6 +67,11 @@ pub fn write_corpus(path: &Path, notes: &[(String, Note)]) {
 
 /// A tiny checkpoint of `family` in `dir/<name>`, trained on the synthetic corpus.
 pub fn tiny_model(dir: &Path, name: &str, family: Family, shards: usize) -> PathBuf {
+    tiny_model_seeded(dir, name, family, shards, 7, 32)
+}
+
+/// [`tiny_model`] with another seed and embedding size (another model version).
+pub fn tiny_model_seeded(dir: &Path, name: &str, family: Family, shards: usize, seed: u64, dim: usize) -> PathBuf {
     let corpus = dir.join("corpus.jsonl");
     if !corpus.exists() {
         write_corpus(&corpus, &notes(400, 1));
@@ -76,8 +81,8 @@ pub fn tiny_model(dir: &Path, name: &str, family: Family, shards: usize) -> Path
         preset: Preset::Tiny,
         family,
         vocab_size: 1200,
-        embedding_dim: 32,
-        seed: 7,
+        embedding_dim: dim,
+        seed,
         shards,
         model_version: None,
     };

@@ -16,7 +16,7 @@ use notellm_index::IndexConfig;
 use notellm_model::{DeviceSpec, NoteLlm};
 use notellm_service::batcher::BatcherConfig;
 use notellm_service::metrics::Metrics;
-use notellm_service::{App, Reindexer, ServiceLimits, ServingTemplate, SuggestConfig};
+use notellm_service::{App, AppOptions, FollowConfig, Reindexer, ServiceLimits, ServingTemplate, SuggestConfig};
 use notellm_store::{Store, StoreError, StoreOptions};
 
 pub use notellm_service::snapshot_dir;
@@ -49,6 +49,8 @@ pub struct ServiceConfig {
     pub related_cache_entries: usize,
     /// How `/suggest-tags` answers.
     pub suggest: SuggestConfig,
+    /// Replica mode (`--follow`): follow the other replicas' writes to the shared Postgres.
+    pub follow: Option<FollowConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +87,23 @@ pub enum ServerError {
 /// [`App::restore`].
 pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     cfg.suggest.validate().map_err(ServerError::Config)?;
+    if let Some(f) = &cfg.follow {
+        f.validate().map_err(ServerError::Config)?;
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
     let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
     let opts = StoreOptions { schema: cfg.database_schema.clone(), ..Default::default() };
     let store = Store::connect_with(database_url.as_deref(), &cfg.data_dir, &opts).await?;
     tracing::info!(backend = store.backend(), "store connected, migrations applied");
+    if cfg.follow.is_some() && store.backend() != "postgres" {
+        store.close().await;
+        return Err(ServerError::Config(
+            "--follow (replica mode) needs the shared Postgres store: set DATABASE_URL to a postgres:// URL. \
+             The embedded SQLite store serves one process, which needs no --follow"
+                .into(),
+        ));
+    }
     let device = cfg.device.open()?;
     // After a re-index, the store may name another checkpoint than --model (service/reindex).
     let dir = notellm_service::reindex::resolve_model_dir(&store, &cfg.model_dir).await;
@@ -112,15 +125,13 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
         ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
     let index = Arc::new(template.index_for(&model)?);
     let serving = template.serve(model, index, &metrics)?;
-    Ok(Arc::new(App::new(
-        store,
-        serving,
-        template,
-        metrics,
-        cfg.limits.clone(),
-        cfg.related_cache_entries,
-        cfg.suggest,
-    )))
+    let opts = AppOptions {
+        limits: cfg.limits.clone(),
+        related_cache_entries: cfg.related_cache_entries,
+        suggest: cfg.suggest,
+        follow: cfg.follow,
+    };
+    Ok(Arc::new(App::new(store, serving, template, metrics, opts)))
 }
 
 /// Runs the HTTP service on `listener` until `shutdown` resolves.
@@ -133,11 +144,13 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    // Restore, then (replica mode) follow the store until shutdown.
     let restoring = {
         let app = app.clone();
         tokio::spawn(async move {
-            if let Err(e) = app.restore().await {
-                tracing::error!(error = %e, "index restore failed; the service stays unready");
+            match app.restore().await {
+                Ok(()) => app.follow().await,
+                Err(e) => tracing::error!(error = %e, "index restore failed; the service stays unready"),
             }
         })
     };

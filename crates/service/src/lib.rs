@@ -27,6 +27,7 @@
 
 pub mod batcher;
 mod error;
+mod follow;
 mod gate;
 pub mod metrics;
 pub mod reindex;
@@ -43,6 +44,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 pub use error::{AppError, Conflict};
+pub use follow::{FollowConfig, FollowStatus, HEARTBEAT_TIMEOUT};
 pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus, Reindexer};
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, Serving, ServingTemplate};
@@ -50,6 +52,7 @@ pub use suggest::{
     SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
 };
 
+use crate::follow::Follow;
 use crate::gate::{Held, WriteGate};
 use crate::metrics::Metrics;
 use crate::serving::ServingSlot;
@@ -109,6 +112,17 @@ pub struct Related {
     pub related: Vec<RelatedNote>,
 }
 
+/// How an [`App`] serves: the settings that are not its parts.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    pub limits: ServiceLimits,
+    /// Most `GET /related` answers cached (0: no cache).
+    pub related_cache_entries: usize,
+    pub suggest: SuggestConfig,
+    /// Replica mode (`follow.rs`); `None`: this process is the store's only writer.
+    pub follow: Option<FollowConfig>,
+}
+
 pub struct App {
     pub store: Store,
     /// Swapped whole when restored or re-indexed; readers clone the `Arc`.
@@ -129,18 +143,13 @@ pub struct App {
     /// The last write failed because the store is out of space (cleared by the next write that
     /// succeeds); `/readyz` says so while reads go on.
     storage_full: AtomicBool,
+    /// Replica mode: following the other replicas' writes (`follow.rs`).
+    follow: Follow,
 }
 
 impl App {
-    pub fn new(
-        store: Store,
-        serving: Serving,
-        template: ServingTemplate,
-        metrics: Metrics,
-        limits: ServiceLimits,
-        related_cache_entries: usize,
-        suggest: SuggestConfig,
-    ) -> Self {
+    pub fn new(store: Store, serving: Serving, template: ServingTemplate, metrics: Metrics, opts: AppOptions) -> Self {
+        let AppOptions { limits, related_cache_entries, suggest, follow } = opts;
         let cache_metrics = CacheMetrics {
             hits: metrics.related_cache_hits.clone(),
             misses: metrics.related_cache_misses.clone(),
@@ -158,6 +167,7 @@ impl App {
             ready: AtomicBool::new(false),
             rebuilding: Arc::new(AtomicBool::new(false)),
             storage_full: AtomicBool::new(false),
+            follow: Follow::new(follow),
         }
     }
 
@@ -218,6 +228,16 @@ impl App {
         }
     }
 
+    /// [`require_ready`](Self::require_ready), and this replica serves the store's model (it is
+    /// not following a re-index switch it has not loaded yet).
+    fn require_writable(&self) -> Result<(), AppError> {
+        self.require_ready()?;
+        match self.follow.blocked() {
+            Some(why) => Err(AppError::NotReady(why)),
+            None => Ok(()),
+        }
+    }
+
     fn store_err(&self, op: &str, e: notellm_store::StoreError) -> AppError {
         self.metrics.store_errors.with_label_values(&[op]).inc();
         tracing::error!(op, kind = e.kind(), error = %e, "store operation failed");
@@ -241,6 +261,13 @@ impl App {
         self.storage_full.load(Ordering::SeqCst).then_some("the store is out of space")
     }
 
+    /// `notellm_build_info` names the model version serving now.
+    pub(crate) fn relabel_build_info(&self, from: &ModelVersion, to: &ModelVersion) {
+        let (pkg, backend) = (env!("CARGO_PKG_VERSION"), self.store.backend());
+        let _ = self.metrics.build_info.remove_label_values(&[pkg, &from.0, backend]);
+        self.metrics.build_info.with_label_values(&[pkg, &to.0, backend]).set(1.0);
+    }
+
     pub(crate) fn update_index_gauges(&self) {
         let index = self.index();
         self.metrics.notes_indexed.set(index.len() as i64);
@@ -258,7 +285,7 @@ impl App {
     /// Several notes: embedded together, stored in one transaction, then indexed. One result per
     /// input, in order; a note that fails to embed does not stop the others.
     pub async fn put_notes(&self, items: Vec<(NoteId, Note)>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
-        self.require_ready()?;
+        self.require_writable()?;
         loop {
             let serving = self.serving();
             if let Some(results) = self.put_with(&serving, &items).await? {
@@ -323,6 +350,7 @@ impl App {
                 .collect();
             let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
             self.store_wrote();
+            self.follow.wrote(seqs.iter().copied());
             let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
             serving.index.upsert_batch(&batch)?;
             guard.changed();
@@ -352,11 +380,12 @@ impl App {
 
     /// Deletes a note from the store and, at once, from every later `/related` answer.
     pub async fn delete_note(&self, id: &NoteId) -> Result<i64, AppError> {
-        self.require_ready()?;
+        self.require_writable()?;
         let guard = self.gate.write([id]).await;
         let seq =
             self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or_else(note_not_found)?;
         self.store_wrote();
+        self.follow.wrote([seq]);
         self.index().remove(id);
         guard.changed();
         drop(guard);
@@ -444,14 +473,18 @@ impl App {
         }
     }
 
-    /// Readiness: the model thread runs, the index is restored and the store answered its last
-    /// health probe. Answers at once (no round trip).
+    /// Readiness: the model thread runs, the index is restored, the store answered its last
+    /// health probe and, in replica mode, the replica is not behind the store for too long nor
+    /// following a re-index switch. Answers at once (no round trip).
     pub async fn readiness(&self) -> Result<(), String> {
         if !self.serving().batcher.is_alive() {
             return Err("the inference worker has stopped".into());
         }
         if !self.is_ready() {
             return Err("the index is being restored".into());
+        }
+        if let Some(why) = self.follow.unready() {
+            return Err(why);
         }
         match self.store.unreachable() {
             Some(reason) => Err(format!("store unreachable: {reason}")),

@@ -56,6 +56,13 @@ pub struct Metrics {
     pub related_cache_misses: IntCounter,
     pub related_cache_entries: IntGauge,
     pub suggestions: IntCounterVec,
+    /// Replica mode (`follow.rs`); all stay 0 on a process that does not follow the store.
+    pub follow_applied_seq: IntGauge,
+    pub follow_lag_seq: IntGauge,
+    pub follow_lag_seconds: Gauge,
+    pub follow_applied: IntCounter,
+    pub follow_reconnects: IntCounter,
+    pub follow_switches: IntCounterVec,
 }
 
 /// `state` values of `notellm_reindex_state` (see `service::ReindexState`).
@@ -65,6 +72,8 @@ pub const REINDEX_STATES: &[&str] =
 pub const REINDEX_NOTE_KINDS: &[&str] = &["total", "done", "reused", "caught_up"];
 /// `source` values of `notellm_suggestions_total` (see `service::SuggestionSource`).
 pub const SUGGESTION_SOURCES: &[&str] = &["neighbours", "generated"];
+/// `outcome` values of `notellm_follow_switches_total`.
+pub const FOLLOW_SWITCH_OUTCOMES: &[&str] = &["done", "failed"];
 /// `outcome` values of `notellm_reindex_runs_total`.
 pub const REINDEX_OUTCOMES: &[&str] = &["done", "failed", "cancelled"];
 
@@ -210,6 +219,34 @@ impl Metrics {
                 "notellm_related_cache_entries",
                 "Answers held by the /related answer cache, stale ones included",
             )?,
+            follow_applied_seq: IntGauge::new(
+                "notellm_follow_applied_seq",
+                "The store seq up to which this replica's index holds every change",
+            )?,
+            follow_lag_seq: IntGauge::new(
+                "notellm_follow_lag_seq",
+                "Store seqs committed that this replica has not applied yet (as last seen)",
+            )?,
+            follow_lag_seconds: Gauge::new(
+                "notellm_follow_lag_seconds",
+                "How long this replica has been behind the store's latest seen change (0 when caught up)",
+            )?,
+            follow_applied: IntCounter::new(
+                "notellm_follow_applied_changes_total",
+                "Changes written by other replicas applied to this replica's index (stored vectors, never \
+                 re-embedded)",
+            )?,
+            follow_reconnects: IntCounter::new(
+                "notellm_follow_reconnects_total",
+                "Times the change listener was lost (dropped, silent past its heartbeat) and rebuilt",
+            )?,
+            follow_switches: IntCounterVec::new(
+                Opts::new(
+                    "notellm_follow_switches_total",
+                    "Re-index switches recorded in the store that this replica followed, by outcome",
+                ),
+                &["outcome"],
+            )?,
             registry: r,
         };
         let r = &m.registry;
@@ -244,6 +281,15 @@ impl Metrics {
         r.register(Box::new(m.related_cache_misses.clone()))?;
         r.register(Box::new(m.related_cache_entries.clone()))?;
         r.register(Box::new(m.suggestions.clone()))?;
+        r.register(Box::new(m.follow_applied_seq.clone()))?;
+        r.register(Box::new(m.follow_lag_seq.clone()))?;
+        r.register(Box::new(m.follow_lag_seconds.clone()))?;
+        r.register(Box::new(m.follow_applied.clone()))?;
+        r.register(Box::new(m.follow_reconnects.clone()))?;
+        r.register(Box::new(m.follow_switches.clone()))?;
+        for outcome in FOLLOW_SWITCH_OUTCOMES {
+            m.follow_switches.with_label_values(&[outcome]).reset();
+        }
         for state in REINDEX_STATES {
             m.reindex_state.with_label_values(&[state]).set(0);
         }

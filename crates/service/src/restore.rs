@@ -13,23 +13,31 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::{App, AppError};
-use notellm_index::{NoteIndex, StorePosition, Witness};
-use notellm_note::NoteId;
+use notellm_index::{IndexConfig, IndexError, NoteIndex, StorePosition, Witness};
+use notellm_note::{Embedding, ModelVersion, NoteId};
 use notellm_store::{Change, StoreError};
 
-const PAGE: usize = 2_000;
+/// Changes or notes read from the store at a time.
+pub(crate) const PAGE: usize = 2_000;
 
 impl App {
     /// Restores the index and marks the service ready.
     pub async fn restore(&self) -> Result<(), AppError> {
         let started = Instant::now();
+        // The switch the serving model belongs to (or that a deliberate other --model ignores):
+        // a replica follows only switches recorded after it.
+        let switch_token = if self.follow.is_enabled() {
+            self.store.active_model().await.map_err(|e| self.store_err("changes", e))?.map(|a| a.switch_token)
+        } else {
+            None
+        };
         let serving = self.serving();
         let cfg = serving.index.config().clone();
         let dir = serving.snapshot_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || NoteIndex::load_snapshot(&dir, cfg))
             .await
             .map_err(|e| AppError::Internal(format!("snapshot load task: {e}")))?;
-        let (index, changed) = match loaded {
+        let ((index, seq), changed) = match loaded {
             Ok(Some((index, position))) => match self.contradiction(&position).await? {
                 Some(reason) => {
                     tracing::warn!(seq = position.seq, %reason, "the store contradicts the index snapshot; rebuilding from the store");
@@ -51,6 +59,7 @@ impl App {
         let held = self.hold_writes().await;
         self.swap_serving(serving.with_index(index), &held);
         held.matches_snapshot(changed);
+        self.follow.start_at(seq, switch_token);
         drop(held);
         self.refresh_snapshot_age();
         self.update_index_gauges();
@@ -84,19 +93,25 @@ impl App {
     }
 
     /// The store position the index holds every change of (called with the write gate shut):
-    /// the store's seq and its witness.
+    /// the store's seq (a replica's: the seq it has applied; other replicas' later writes are
+    /// not in its index yet) and its witness.
     pub(super) async fn store_position(&self) -> Result<StorePosition, AppError> {
-        let seq = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
+        let seq = if self.follow.is_enabled() {
+            self.follow.applied()
+        } else {
+            self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?
+        };
         let witness = self.store.witness(seq).await.map_err(|e| self.store_err("changes", e))?;
         Ok(StorePosition { seq, witness: witness.map(|(note_id, seq)| Witness { note_id, seq }) })
     }
 
     /// The loaded snapshot brought up to date: the changes after `seq` replayed, or a rebuild
-    /// when they were purged. Returns the index and whether it differs from the snapshot.
-    async fn replay_onto(&self, index: NoteIndex, seq: i64) -> Result<(NoteIndex, bool), AppError> {
+    /// when they were purged. Returns the index, the seq it holds every change up to, and
+    /// whether it differs from the snapshot.
+    async fn replay_onto(&self, index: NoteIndex, seq: i64) -> Result<((NoteIndex, i64), bool), AppError> {
         tracing::info!(seq, notes = index.len(), "index snapshot loaded; replaying newer changes");
         match self.replay(&index, seq).await? {
-            Some(n) => Ok((index, n > 0)),
+            Some((n, last)) => Ok(((index, last), n > 0)),
             None => {
                 tracing::warn!("changes after the snapshot were purged; rebuilding from the store");
                 Ok((self.rebuild_from_store().await?, true))
@@ -104,9 +119,9 @@ impl App {
         }
     }
 
-    /// Applies every change after `seq` to `index`; returns how many were applied, or `None`
-    /// when some of them were purged (then only a rebuild is right).
-    async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<Option<usize>, AppError> {
+    /// Applies every change after `seq` to `index`; returns how many were applied and the last
+    /// seq, or `None` when some of them were purged (then only a rebuild is right).
+    async fn replay(&self, index: &NoteIndex, mut seq: i64) -> Result<Option<(usize, i64)>, AppError> {
         let mine = self.model_version();
         let mut applied = 0;
         loop {
@@ -117,26 +132,24 @@ impl App {
             };
             let Some(last) = changes.last() else { break };
             seq = last.seq();
-            for c in changes {
-                match c {
-                    Change::Upsert { id, embedding, model_version, .. } if model_version == mine => {
-                        index.upsert(&id, &embedding)?
-                    }
-                    Change::Upsert { id, .. } | Change::Delete { id, .. } => {
-                        index.remove(&id);
-                    }
-                }
-                applied += 1;
-            }
+            applied += apply_changes(index, &mine, changes)?;
             tracing::info!(applied, seq, "replaying changes");
         }
-        Ok(Some(applied))
+        Ok(Some((applied, seq)))
     }
 
-    /// A fresh index holding every stored vector of this model version.
-    async fn rebuild_from_store(&self) -> Result<NoteIndex, AppError> {
-        let mine = self.model_version();
-        let index = NoteIndex::new(self.index().config().clone())?;
+    /// A fresh index holding every stored vector of this model version, and the seq it holds
+    /// every change up to.
+    async fn rebuild_from_store(&self) -> Result<(NoteIndex, i64), AppError> {
+        self.scan_store(self.index().config().clone(), &self.model_version()).await
+    }
+
+    /// A fresh index (`cfg`) of every stored vector of `mine`, and the seq it holds every
+    /// change up to: the store's seq read before the scan (a change committed during the scan
+    /// has a higher seq and is replayed after it; the store's following protocol).
+    pub(crate) async fn scan_store(&self, cfg: IndexConfig, mine: &ModelVersion) -> Result<(NoteIndex, i64), AppError> {
+        let index = NoteIndex::new(cfg)?;
+        let from = self.store.max_seq().await.map_err(|e| self.store_err("changes", e))?;
         let total = self.store.count().await.map_err(|e| self.store_err("scan", e))?;
         let mut after: Option<NoteId> = None;
         let (mut seen, mut other_versions) = (0u64, 0u64);
@@ -146,16 +159,16 @@ impl App {
             let Some((last, _, _)) = page.last() else { break };
             after = Some(last.clone());
             seen += page.len() as u64;
-            let mine: Vec<_> = page
+            let batch: Vec<_> = page
                 .into_iter()
                 .filter(|(_, _, v)| {
-                    let ok = *v == mine;
+                    let ok = v == mine;
                     other_versions += u64::from(!ok);
                     ok
                 })
                 .map(|(id, e, _)| (id, e))
                 .collect();
-            index.upsert_batch(&mine)?;
+            index.upsert_batch(&batch)?;
             tracing::info!(
                 done = seen,
                 total,
@@ -170,6 +183,25 @@ impl App {
                 "stored notes embedded by another model version are not served; run `notellm reindex`"
             );
         }
-        Ok(index)
+        Ok((index, from))
     }
+}
+
+/// Applies `changes` (the store's latest state of each note) to `index`: vectors of `mine` go
+/// in, deletes and vectors of any other model version go out. Returns how many were applied.
+pub(crate) fn apply_changes(index: &NoteIndex, mine: &ModelVersion, changes: Vec<Change>) -> Result<usize, IndexError> {
+    let n = changes.len();
+    let mut upserts: Vec<(NoteId, Embedding)> = Vec::new();
+    for c in changes {
+        match c {
+            Change::Upsert { id, embedding, model_version, .. } if model_version == *mine => {
+                upserts.push((id, embedding))
+            }
+            Change::Upsert { id, .. } | Change::Delete { id, .. } => {
+                index.remove(&id);
+            }
+        }
+    }
+    index.upsert_batch(&upserts)?;
+    Ok(n)
 }

@@ -37,6 +37,9 @@
 //! 3. poll `changes_since(pos, limit)` from `pos = m`, applying each change and advancing `pos`
 //!    to the last seq seen. A change made during the scan has a seq above `m` and is replayed.
 //!
+//! A replica (Postgres) also LISTENs ([`Store::listen`]) so that it reads the changes soon
+//! after each commit rather than at the next poll; a notification only says when to read.
+//!
 //! # Re-indexing
 //!
 //! `note_vectors` holds vectors keyed by (note, model version) that a re-index stages while the
@@ -247,7 +250,10 @@ macro_rules! dispatch_always {
 }
 
 // After the macro: `staging` dispatches with it.
+mod listen;
 mod staging;
+
+pub use listen::{ChangeListener, Notice, HEARTBEAT_SQL};
 
 pub use staging::{ActiveModel, Promotion, ReindexNote, StagedVector, Switch};
 

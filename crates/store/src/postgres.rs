@@ -129,6 +129,14 @@ impl PgStore {
         Ok((PgStore { pool, channel }, report))
     }
 
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
     pub(crate) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -211,28 +211,27 @@ async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut
         previous_version: &old.version,
         switch_token: &token,
     };
-    let notes = match app.store.promote(&record).await {
-        Ok(p) => p.notes.to_string(),
+    let (notes, promoted_seq) = match app.store.promote(&record).await {
+        Ok(p) => (p.notes.to_string(), Some(p.max_seq)),
         // A commit whose answer was lost (the connection dropped after COMMIT): the record
         // says whether this switch happened.
         Err(e) => match app.store.active_model().await {
             Ok(Some(a)) if a.switch_token == token => {
                 tracing::warn!(error = %e, "the switch's answer was lost but its record is committed");
-                "?".to_owned()
+                ("?".to_owned(), None)
             }
             _ => return Err(e.into()),
         },
     };
     app.swap_serving(serving, &gate);
+    app.followed_own_switch(&token, promoted_seq);
     // The new index is on no disk yet: the snapshot below writes it.
     gate.changed();
     drop(gate);
     let hold = held.elapsed().as_secs_f64();
     job.update(|s| s.write_hold_secs = Some(hold));
     app.metrics.reindex_write_hold.observe(hold);
-    let (pkg, backend) = (env!("CARGO_PKG_VERSION"), app.store.backend());
-    let _ = app.metrics.build_info.remove_label_values(&[pkg, &old.version.0, backend]);
-    app.metrics.build_info.with_label_values(&[pkg, &ctx.version.0, backend]).set(1.0);
+    app.relabel_build_info(&old.version, &ctx.version);
     app.update_index_gauges();
     tracing::info!(
         from = %old.version,

@@ -1,0 +1,232 @@
+//! Replica mode over real HTTP: two `notellm serve --follow` processes (the real binary) on one
+//! Postgres schema. A write accepted by either is served alike by both, from the stored vector
+//! (the other never embeds it); updates and deletes propagate; a listener whose connection is
+//! killed loses its notifications and the poll still catches up; a re-index switch made on one
+//! replica is followed by the other; and replica mode is refused on SQLite.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use notellm_model::config::Family;
+use notellm_note::Note;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use common::{Backend, Proc};
+
+const K: usize = 5;
+
+/// A replica of `backend`'s store with its own data directory.
+fn replica(model: &Path, data: &Path, backend: &Backend) -> Proc {
+    let env = [
+        ("DATABASE_URL", backend.url.clone().unwrap_or_default()),
+        ("NOTELLM_DATABASE_SCHEMA", backend.schema.clone().unwrap_or_default()),
+        ("NOTELLM_FOLLOW", "true".to_owned()),
+        ("NOTELLM_FOLLOW_INTERVAL", "0.3".to_owned()),
+        ("NOTELLM_MAX_FOLLOW_LAG", "10".to_owned()),
+        ("NOTELLM_HNSW_EF_SEARCH", "64".to_owned()),
+    ];
+    common::spawn(model, data, &env)
+}
+
+async fn get(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let r = http.get(url).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn put(http: &reqwest::Client, p: &Proc, id: &str, n: &Note) -> i64 {
+    let body = json!({ "title": n.title, "content": n.content, "hashtags": n.hashtags, "category": n.category });
+    let r = http.put(format!("{}/notes/{id}", p.base)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "PUT {id}: {}", r.status());
+    r.json::<Value>().await.unwrap()["seq"].as_i64().expect("a write that changed something has a seq")
+}
+
+async fn related(http: &reqwest::Client, p: &Proc, id: &str) -> (StatusCode, Value) {
+    get(http, format!("{}/related/{id}?k={K}", p.base)).await
+}
+
+async fn metric(http: &reqwest::Client, p: &Proc, name: &str) -> f64 {
+    let text = http.get(format!("{}/metrics", p.base)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+/// Waits until `p` has applied every change up to `seq`, and returns its `/readyz` body.
+async fn wait_applied(http: &reqwest::Client, p: &Proc, seq: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, v) = get(http, format!("{}/readyz", p.base)).await;
+        if st == StatusCode::OK && v["follow"]["applied_seq"].as_i64().unwrap_or(0) >= seq {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "replica {} never applied seq {seq}: {st} {v}", p.base);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ids and scores of a `/related` answer.
+fn hits(v: &Value) -> Vec<(String, f64)> {
+    v["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["note_id"].as_str().unwrap().to_owned(), (h["score"].as_f64().unwrap() * 1e4).round() / 1e4))
+        .collect()
+}
+
+/// Both replicas give the same answer for `id` (they hold the same vectors; at this size the
+/// HNSW search is exhaustive).
+async fn assert_alike(http: &reqwest::Client, a: &Proc, b: &Proc, id: &str) {
+    let ((sa, va), (sb, vb)) = (related(http, a, id).await, related(http, b, id).await);
+    assert_eq!((sa, sb), (StatusCode::OK, StatusCode::OK), "{va} / {vb}");
+    assert_eq!(hits(&va), hits(&vb), "replicas disagree on {id}");
+    assert_eq!(va["model_version"], vb["model_version"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_each_others_writes_alike() {
+    let Some(backend) = Backend::postgres("nl_replicas").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), "model", Family::Llama, 1);
+    let http = reqwest::Client::new();
+    let mut a = replica(&model, &dir.path().join("a"), &backend);
+    let mut b = replica(&model, &dir.path().join("b"), &backend);
+    common::wait_ready(&mut a, &http).await;
+    common::wait_ready(&mut b, &http).await;
+
+    let notes = common::notes(24, 3);
+    let mut last = 0;
+    for (id, n) in &notes[..20] {
+        last = put(&http, &a, id, n).await;
+    }
+    let ready = wait_applied(&http, &b, last).await;
+    assert_eq!(ready["notes"], 20, "{ready}");
+    for (id, _) in notes.iter().take(5) {
+        assert_alike(&http, &a, &b, id).await;
+    }
+    assert_eq!(metric(&http, &b, "notellm_embedded_notes_total").await, 0.0, "B applies stored vectors");
+    assert_eq!(metric(&http, &b, "notellm_follow_applied_changes_total").await, 20.0);
+    assert_eq!(metric(&http, &b, "notellm_follow_lag_seq").await, 0.0);
+
+    // Writes to B reach A the same way, and A does not apply its own writes twice.
+    for (id, n) in &notes[20..] {
+        last = put(&http, &b, id, n).await;
+    }
+    wait_applied(&http, &a, last).await;
+    assert_alike(&http, &a, &b, &notes[22].0).await;
+    assert_eq!(metric(&http, &a, "notellm_follow_applied_changes_total").await, 4.0);
+
+    // An update and a delete on A.
+    let (moved, gone) = (&notes[0].0, &notes[1].0);
+    let mut changed = notes[7].1.clone();
+    changed.title = format!("{} (edited)", changed.title);
+    let seq = put(&http, &a, moved, &changed).await;
+    let r = http.delete(format!("{}/notes/{gone}", a.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The delete's seq is the next one (no other writer here).
+    wait_applied(&http, &b, seq + 1).await;
+    assert_alike(&http, &a, &b, moved).await;
+    assert_eq!(related(&http, &b, gone).await.0, StatusCode::NOT_FOUND);
+    for (id, _) in notes.iter().skip(2).take(6) {
+        let (_, v) = related(&http, &b, id).await;
+        assert!(hits(&v).iter().all(|(h, _)| h != gone), "B still serves the deleted note: {v}");
+    }
+
+    // Kill every listening connection: the notification of the next write is lost, and the
+    // poll applies it anyway; the listener is rebuilt.
+    let pool = sqlx::PgPool::connect(backend.url.as_deref().unwrap()).await.unwrap();
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE (query ILIKE 'LISTEN %' OR query = $1) AND pid <> pg_backend_pid()) AS t",
+    )
+    .bind(notellm_store::HEARTBEAT_SQL)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(killed >= 2, "both replicas listen: {killed}");
+    let seq = put(&http, &a, &notes[2].0, &notes[9].1).await;
+    wait_applied(&http, &b, seq).await;
+    assert_alike(&http, &a, &b, &notes[2].0).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&http, &b, "notellm_follow_reconnects_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "B never noticed its lost listener");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    drop((a, b));
+    backend.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
+    let Some(backend) = Backend::postgres("nl_replicas_switch").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model_a = common::tiny_model(dir.path(), "model-a", Family::Llama, 1);
+    let model_b = common::tiny_model_seeded(dir.path(), "model-b", Family::Llama, 1, 8, 24);
+    let http = reqwest::Client::new();
+    let mut a = replica(&model_a, &dir.path().join("a"), &backend);
+    let mut b = replica(&model_a, &dir.path().join("b"), &backend);
+    common::wait_ready(&mut a, &http).await;
+    common::wait_ready(&mut b, &http).await;
+    let notes = common::notes(12, 5);
+    for (id, n) in &notes {
+        put(&http, &a, id, n).await;
+    }
+
+    let r = http.post(format!("{}/admin/reindex", a.base)).json(&json!({ "model": model_b })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let version = loop {
+        let (_, v) = get(&http, format!("{}/admin/reindex", a.base)).await;
+        if v["state"] == "done" {
+            break v["to_version"].as_str().unwrap().to_owned();
+        }
+        assert!(!["failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")), "{v}");
+        assert!(Instant::now() < deadline, "the re-index never finished: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // B loads the recorded checkpoint and serves the new version, with every note.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = get(&http, format!("{}/readyz", b.base)).await;
+        if st == StatusCode::OK && v["model_version"] == version.as_str() && v["notes"] == notes.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never followed the switch: {st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&http, &b, "notellm_follow_switches_total{outcome=\"done\"}").await, 1.0);
+    for (id, _) in notes.iter().take(4) {
+        assert_alike(&http, &a, &b, id).await;
+    }
+    // Writes go on, on either replica, under the new version.
+    let seq = put(&http, &b, &notes[0].0, &notes[5].1).await;
+    wait_applied(&http, &a, seq).await;
+    assert_alike(&http, &a, &b, &notes[0].0).await;
+    assert_eq!(metric(&http, &a, "notellm_follow_switches_total{outcome=\"done\"}").await, 0.0, "A switched itself");
+
+    drop((a, b));
+    backend.drop().await;
+}
+
+#[test]
+fn replica_mode_is_refused_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), "model", Family::Llama, 1);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_notellm"))
+        .args(["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--follow"])
+        .env("NOTELLM_MODEL", &model)
+        .env("NOTELLM_DATA_DIR", dir.path().join("data"))
+        .env_remove("DATABASE_URL")
+        .env_remove("NOTELLM_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--follow (replica mode) needs the shared Postgres store"), "{err}");
+}
