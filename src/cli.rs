@@ -129,6 +129,12 @@ pub struct PipelineArgs {
     /// /suggest-tags requests generated at once.
     #[arg(long, env = "NOTELLM_GEN_WORKERS", default_value_t = 1)]
     pub gen_workers: usize,
+    /// The index /related searches: "hnsw" (in this process's memory, restored from a snapshot
+    /// and the store at start) or "pgvector" (inside the Postgres store, written with each note:
+    /// no memory limit, nothing to restore; needs the pgvector extension, see
+    /// scripts/install_pgvector.sh). The HNSW flags below apply to both.
+    #[arg(long, env = "NOTELLM_INDEX", default_value = "hnsw")]
+    pub index: notellm_service::IndexBackend,
     /// HNSW links per node.
     #[arg(long, env = "NOTELLM_HNSW_M", default_value_t = notellm_index::DEFAULT_M)]
     pub hnsw_m: usize,
@@ -192,6 +198,7 @@ impl PipelineArgs {
             related_cache_entries: 0,
             suggest: notellm_service::SuggestConfig::default(),
             follow: None,
+            index: self.index,
         })
     }
 }

@@ -58,6 +58,7 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut Ht
         related_cache_entries: 4096,
         suggest: Default::default(),
         follow: None,
+        index: backend.index(),
     };
     let mut http = HttpConfig { body_limit_bytes: 64 * 1024, ..Default::default() };
     tweak(&mut cfg, &mut http);
@@ -588,6 +589,22 @@ macro_rules! both_backends {
 }
 
 both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled, suggestions);
+
+/// The same operations with `--index pgvector` (the answer cache is off there: its tests stay
+/// with the in-process index).
+mod on_pgvector {
+    macro_rules! pgvector_tests {
+        ($($name:ident),*) => {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(b) = super::Backend::pgvector("nl_api_vec").await else { return };
+                super::$name(b.clone()).await;
+                b.drop().await;
+            })*
+        };
+    }
+    pgvector_tests!(endpoints, errors, auth, overload_and_batching, related_cache_disabled, suggestions);
+}
 
 /// Raw HTTP/1.1 over TCP, for what a client library will not send: a trickled header, a body
 /// shorter than its `Content-Length`, connections held open doing nothing.

@@ -54,10 +54,13 @@ async fn scenario(db: Vec<(&'static str, String)>) {
     assert_eq!(http.get(format!("{}/notes/{gone}", p.base)).send().await.unwrap().status(), 404);
     assert_eq!(related_all(&p, &http, &acked).await, before, "answers changed after kill -9 and replay");
 
-    // graceful stop writes a snapshot; the next start loads it
+    // graceful stop writes a snapshot of the in-process index (pgvector: the store is the index,
+    // and there is none); the next start loads it
     stop(p);
     let snapshots = data.join("index");
-    assert!(std::fs::read_dir(&snapshots).map(|mut d| d.next().is_some()).unwrap_or(false), "no snapshot written");
+    let written = std::fs::read_dir(&snapshots).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let pgvector = db.iter().any(|(k, v)| *k == "NOTELLM_INDEX" && v == "pgvector");
+    assert_eq!(written, !pgvector, "a snapshot is written exactly with the in-process index");
     let mut p = spawn(&model, &data, &db);
     wait_ready(&mut p, &http).await;
     assert_eq!(related_all(&p, &http, &acked).await, before, "answers changed after snapshot restore");
@@ -268,5 +271,18 @@ async fn survives_kill_on_postgres() {
     let Some(url) = postgres_url().await else { return };
     let schema = format!("nl_dur_{:016x}", rand::random::<u64>());
     scenario(vec![("NOTELLM_DATABASE_URL", url.clone()), ("NOTELLM_DATABASE_SCHEMA", schema.clone())]).await;
+    drop_schema(&url, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_kill_on_pgvector() {
+    let Some(url) = postgres_url().await else { return };
+    let schema = format!("nl_dur_vec_{:016x}", rand::random::<u64>());
+    let db = vec![
+        ("NOTELLM_DATABASE_URL", url.clone()),
+        ("NOTELLM_DATABASE_SCHEMA", schema.clone()),
+        ("NOTELLM_INDEX", "pgvector".to_owned()),
+    ];
+    scenario(db).await;
     drop_schema(&url, &schema).await;
 }

@@ -2,7 +2,8 @@
 //! Postgres schema. A write accepted by either is served alike by both, from the stored vector
 //! (the other never embeds it); updates and deletes propagate; a listener whose connection is
 //! killed loses its notifications and the poll still catches up; a re-index switch made on one
-//! replica is followed by the other; and replica mode is refused on SQLite.
+//! replica is followed by the other; and modes that cannot work are refused at start (replicas
+//! or pgvector on SQLite, replica mode with pgvector).
 
 mod common;
 
@@ -214,19 +215,33 @@ async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
     backend.drop().await;
 }
 
-#[test]
-fn replica_mode_is_refused_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model(dir.path(), "model", Family::Llama, 1);
+/// `notellm serve` with `args` and no database URL (SQLite) exits with an error containing `want`.
+fn refused(model: &Path, data: &Path, args: &[&str], env: &[(&str, String)], want: &str) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_notellm"))
-        .args(["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--follow"])
-        .env("NOTELLM_MODEL", &model)
-        .env("NOTELLM_DATA_DIR", dir.path().join("data"))
+        .args(["serve", "--device", "cpu", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("NOTELLM_MODEL", model)
+        .env("NOTELLM_DATA_DIR", data)
         .env_remove("DATABASE_URL")
         .env_remove("NOTELLM_DATABASE_URL")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{args:?} started");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--follow (replica mode) needs the shared Postgres store"), "{err}");
+    assert!(err.contains(want), "{args:?}: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modes_that_cannot_work_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), "model", Family::Llama, 1);
+    let data = dir.path().join("data");
+    refused(&model, &data, &["--follow"], &[], "--follow (replica mode) needs the shared Postgres store");
+    refused(&model, &data, &["--index", "pgvector"], &[], "the pgvector index needs the Postgres store");
+    let Some(backend) = Backend::postgres("nl_refused").await else { return };
+    let pg =
+        [("DATABASE_URL", backend.url.clone().unwrap()), ("NOTELLM_DATABASE_SCHEMA", backend.schema.clone().unwrap())];
+    refused(&model, &data, &["--follow", "--index", "pgvector"], &pg, "needs no following");
+    backend.drop().await;
 }

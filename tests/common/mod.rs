@@ -211,22 +211,37 @@ pub async fn drop_schema(url: &str, schema: &str) {
 }
 
 /// Which store a test runs against: SQLite in the test's data directory, or a fresh schema of
-/// the test Postgres.
+/// the test Postgres, searched by the in-process index or (pgvector) by Postgres itself.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub url: Option<String>,
     pub schema: Option<String>,
+    pub pgvector: bool,
 }
 
 impl Backend {
     pub fn sqlite() -> Self {
-        Self { url: None, schema: None }
+        Self { url: None, schema: None, pgvector: false }
     }
 
     /// A fresh schema named `<prefix>_<random>`, or `None` (skip) as [`postgres_url`] says.
     pub async fn postgres(prefix: &str) -> Option<Self> {
         let url = postgres_url().await?;
-        Some(Self { url: Some(url), schema: Some(format!("{prefix}_{:016x}", rand::random::<u64>())) })
+        Some(Self { url: Some(url), schema: Some(format!("{prefix}_{:016x}", rand::random::<u64>())), pgvector: false })
+    }
+
+    /// [`Backend::postgres`] with the pgvector index.
+    pub async fn pgvector(prefix: &str) -> Option<Self> {
+        Some(Self { pgvector: true, ..Self::postgres(prefix).await? })
+    }
+
+    /// The `--index` this backend is served with.
+    pub fn index(&self) -> notellm_service::IndexBackend {
+        if self.pgvector {
+            notellm_service::IndexBackend::Pgvector
+        } else {
+            notellm_service::IndexBackend::Hnsw
+        }
     }
 
     /// Drops the Postgres schema (nothing for SQLite, whose file goes with its directory).

@@ -16,7 +16,9 @@ use notellm_index::IndexConfig;
 use notellm_model::{DeviceSpec, NoteLlm};
 use notellm_service::batcher::BatcherConfig;
 use notellm_service::metrics::Metrics;
-use notellm_service::{App, AppOptions, FollowConfig, Reindexer, ServiceLimits, ServingTemplate, SuggestConfig};
+use notellm_service::{
+    App, AppOptions, FollowConfig, IndexBackend, Reindexer, ServiceLimits, ServingTemplate, SuggestConfig,
+};
 use notellm_store::{Store, StoreError, StoreOptions};
 
 pub use notellm_service::snapshot_dir;
@@ -51,6 +53,8 @@ pub struct ServiceConfig {
     pub suggest: SuggestConfig,
     /// Replica mode (`--follow`): follow the other replicas' writes to the shared Postgres.
     pub follow: Option<FollowConfig>,
+    /// Which index serves (`--index`).
+    pub index: IndexBackend,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +96,23 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|source| ServerError::DataDir { path: cfg.data_dir.clone(), source })?;
+    let pgvector = cfg.index == IndexBackend::Pgvector;
+    if pgvector && cfg.follow.is_some() {
+        return Err(ServerError::Config(
+            "--follow is for the in-process index: with --index pgvector every replica searches the same \
+             index in Postgres and needs no following; run them without --follow"
+                .into(),
+        ));
+    }
+    if pgvector && cfg.hnsw_ef_search > notellm_store::MAX_EF_SEARCH {
+        return Err(ServerError::Config(format!(
+            "--hnsw-ef-search {} is above pgvector's limit of {}",
+            cfg.hnsw_ef_search,
+            notellm_store::MAX_EF_SEARCH
+        )));
+    }
     let database_url = cfg.database_url.clone().filter(|u| !u.trim().is_empty());
-    let opts = StoreOptions { schema: cfg.database_schema.clone(), ..Default::default() };
+    let opts = StoreOptions { schema: cfg.database_schema.clone(), pgvector, ..Default::default() };
     let store = Store::connect_with(database_url.as_deref(), &cfg.data_dir, &opts).await?;
     tracing::info!(backend = store.backend(), "store connected, migrations applied");
     if cfg.follow.is_some() && store.backend() != "postgres" {
@@ -121,16 +140,23 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
         rebuild_tombstone_share: cfg.rebuild_tombstone_share,
         ..IndexConfig::new(model.embedding_dim())
     };
-    let template =
-        ServingTemplate { batcher: cfg.batcher.clone(), index: index_cfg, data_dir: cfg.data_dir.clone(), device };
-    let index = Arc::new(template.index_for(&model)?);
-    let serving = template.serve(model, index, &metrics)?;
-    let opts = AppOptions {
-        limits: cfg.limits.clone(),
-        related_cache_entries: cfg.related_cache_entries,
-        suggest: cfg.suggest,
-        follow: cfg.follow,
+    let template = ServingTemplate {
+        batcher: cfg.batcher.clone(),
+        backend: cfg.index,
+        index: index_cfg,
+        data_dir: cfg.data_dir.clone(),
+        device,
     };
+    let vectors = template.fresh_vectors(&model)?;
+    let serving = template.serve(model, vectors, &metrics)?;
+    // The answer cache's generation moves with this process's index writes; pgvector's index is
+    // written by every replica, so its answers are never cached.
+    let related_cache_entries = if pgvector { 0 } else { cfg.related_cache_entries };
+    if pgvector && cfg.related_cache_entries > 0 {
+        tracing::info!("the /related answer cache is off with --index pgvector");
+    }
+    let opts =
+        AppOptions { limits: cfg.limits.clone(), related_cache_entries, suggest: cfg.suggest, follow: cfg.follow };
     Ok(Arc::new(App::new(store, serving, template, metrics, opts)))
 }
 

@@ -347,7 +347,9 @@ impl App {
             }
             let (others, mine): (Vec<Change>, Vec<Change>) =
                 changes.into_iter().partition(|c| !self.follow.is_local(c.seq()));
-            let applied = apply_changes(&serving.index, &serving.version, others)?;
+            // Replica mode runs only with the in-process index (the server refuses it otherwise).
+            let Some(index) = serving.hnsw() else { return Ok(Step::CaughtUp) };
+            let applied = apply_changes(index, &serving.version, others)?;
             if applied > 0 {
                 held.changed();
             }
@@ -368,7 +370,8 @@ impl App {
             "changes this replica needs were purged; rebuilding its index from the store"
         );
         let serving = self.serving();
-        let (index, seq) = self.scan_store(serving.index.config().clone(), &serving.version).await?;
+        let Some(current) = serving.hnsw() else { return Ok(()) };
+        let (index, seq) = self.scan_store(current.config().clone(), &serving.version).await?;
         let held = self.hold_writes().await;
         if !Arc::ptr_eq(&self.serving(), &serving) {
             return Ok(()); // switched meanwhile: the switch built its own index
@@ -440,7 +443,7 @@ impl App {
         let notes = index.len();
         let serving = self
             .template()
-            .serve(model, Arc::new(index), &self.metrics)
+            .serve(model, crate::Vectors::Hnsw(Arc::new(index)), &self.metrics)
             .map_err(|e| AppError::Internal(format!("cannot start the new model's batcher: {e}")))?;
         let held = self.hold_writes().await;
         let old = self.serving();

@@ -47,7 +47,7 @@ pub use error::{AppError, Conflict};
 pub use follow::{FollowConfig, FollowStatus, HEARTBEAT_TIMEOUT};
 pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus, Reindexer};
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
-pub use serving::{snapshot_dir, Serving, ServingTemplate};
+pub use serving::{snapshot_dir, IndexBackend, Serving, ServingTemplate, Vectors};
 pub use suggest::{
     SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
 };
@@ -200,9 +200,9 @@ impl App {
         self.serving.swap(serving, held);
     }
 
-    /// The index currently serving.
-    pub fn index(&self) -> Arc<NoteIndex> {
-        self.serving().index.clone()
+    /// The in-process index currently serving (`None` with the pgvector backend).
+    pub fn hnsw(&self) -> Option<Arc<NoteIndex>> {
+        self.serving().hnsw().cloned()
     }
 
     /// The model version currently serving.
@@ -268,10 +268,24 @@ impl App {
         self.metrics.build_info.with_label_values(&[pkg, &to.0, backend]).set(1.0);
     }
 
+    /// Before a scrape: with pgvector, `notellm_notes_indexed` is the store's count (one
+    /// `count(*)`, on every replica alike); the in-process index keeps its gauges current itself.
+    pub async fn refresh_store_gauges(&self) {
+        if self.hnsw().is_none() && self.is_ready() {
+            match self.store.count().await {
+                Ok(n) => self.metrics.notes_indexed.set(i64::try_from(n).unwrap_or(i64::MAX)),
+                Err(e) => {
+                    self.store_err("count", e);
+                }
+            }
+        }
+    }
+
     pub(crate) fn update_index_gauges(&self) {
-        let index = self.index();
-        self.metrics.notes_indexed.set(index.len() as i64);
-        self.metrics.index_tombstones.set(index.tombstones() as i64);
+        if let Some(index) = self.hnsw() {
+            self.metrics.notes_indexed.set(index.len() as i64);
+            self.metrics.index_tombstones.set(index.tombstones() as i64);
+        }
     }
 
     /// Embeds, stores and indexes one note; a re-PUT of unchanged content is a no-op.
@@ -310,7 +324,7 @@ impl App {
         for (i, (id, note)) in items.iter().enumerate() {
             let hash = content_hash(note);
             let prev = self.store.content_hash(id).await.map_err(|e| self.store_err("get", e))?;
-            if prev.as_deref() == Some(hash.as_str()) && serving.index.contains(id) {
+            if prev.as_deref() == Some(hash.as_str()) && self.serves_stored(serving, id).await? {
                 results[i] = Some(Ok(PutOutcome {
                     note_id: id.clone(),
                     status: WriteStatus::Unchanged,
@@ -352,7 +366,10 @@ impl App {
             self.store_wrote();
             self.follow.wrote(seqs.iter().copied());
             let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
-            serving.index.upsert_batch(&batch)?;
+            // pgvector: the vectors went into the store with the rows.
+            if let Some(index) = serving.hnsw() {
+                index.upsert_batch(&batch)?;
+            }
             guard.changed();
             drop(guard);
             for ((i, _), seq) in ok.iter().zip(seqs) {
@@ -386,7 +403,9 @@ impl App {
             self.store.delete_note(id).await.map_err(|e| self.store_err("delete", e))?.ok_or_else(note_not_found)?;
         self.store_wrote();
         self.follow.wrote([seq]);
-        self.index().remove(id);
+        if let Some(index) = self.hnsw() {
+            index.remove(id);
+        }
         guard.changed();
         drop(guard);
         self.after_write();
@@ -432,7 +451,7 @@ impl App {
         // The index holds the note's vector when it serves it (only vectors of the serving
         // model enter it): no store read. Otherwise the store says 404 or 409, or the note was
         // committed and is about to be indexed.
-        if let Some(hits) = serving.index.related(id, k) {
+        if let Some(hits) = serving.hnsw().and_then(|index| index.related(id, k)) {
             return Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)));
         }
         let (query, version) =
@@ -452,7 +471,7 @@ impl App {
                 ),
             ));
         }
-        let hits = serving.index.search(&query, k, Some(id))?;
+        let hits = self.search(&serving, &query, k, Some(id)).await?;
         Ok((generation, Self::related_answer(&serving, Some(id.clone()), hits)))
     }
 
@@ -461,8 +480,44 @@ impl App {
         self.require_ready()?;
         let serving = self.serving();
         let e = serving.batcher.embed(note).await?;
-        let hits = serving.index.search(&e, k, None)?;
+        let hits = self.search(&serving, &e, k, None).await?;
         Ok(Self::related_answer(&serving, None, hits))
+    }
+
+    /// The `k` notes nearest to `query` among those `serving` serves, leaving out `exclude`.
+    pub(crate) async fn search(
+        &self,
+        serving: &Serving,
+        query: &Embedding,
+        k: usize,
+        exclude: Option<&NoteId>,
+    ) -> Result<Vec<Hit>, AppError> {
+        match &serving.vectors {
+            Vectors::Hnsw(index) => Ok(index.search(query, k, exclude)?),
+            Vectors::Pgvector { dim, ef_search } => {
+                if query.dim() != *dim {
+                    return Err(AppError::Internal(format!("a {}-d query for {dim}-d vectors", query.dim())));
+                }
+                let hits = self
+                    .store
+                    .nearest(query, &serving.version, k, exclude, *ef_search)
+                    .await
+                    .map_err(|e| self.store_err("search", e))?;
+                Ok(hits.into_iter().map(|(id, score)| Hit { id, score }).collect())
+            }
+        }
+    }
+
+    /// Whether `serving` answers for the stored note `id` (an unchanged re-PUT is then a no-op):
+    /// it is in the in-process index, or (pgvector) its stored vector is of the serving version.
+    async fn serves_stored(&self, serving: &Serving, id: &NoteId) -> Result<bool, AppError> {
+        Ok(match &serving.vectors {
+            Vectors::Hnsw(index) => index.contains(id),
+            Vectors::Pgvector { .. } => {
+                let stored = self.store.get_embedding(id).await.map_err(|e| self.store_err("get", e))?;
+                stored.is_some_and(|(_, v)| v == serving.version)
+            }
+        })
     }
 
     fn related_answer(serving: &Serving, id: Option<NoteId>, hits: Vec<Hit>) -> Related {
@@ -507,8 +562,9 @@ impl App {
 
     fn after_write(&self) {
         self.update_index_gauges();
-        if self.index().needs_rebuild() && !self.rebuilding.swap(true, Ordering::SeqCst) {
-            let (index, flag, metrics) = (self.index(), self.rebuilding.clone(), self.metrics.clone());
+        let Some(index) = self.hnsw() else { return };
+        if index.needs_rebuild() && !self.rebuilding.swap(true, Ordering::SeqCst) {
+            let (flag, metrics) = (self.rebuilding.clone(), self.metrics.clone());
             tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let tombstones = index.tombstones();
@@ -539,7 +595,9 @@ impl App {
         let position = self.store_position().await?;
         let seq = position.seq;
         let serving = self.serving();
-        let (index, dir) = (serving.index.clone(), serving.snapshot_dir.clone());
+        // pgvector: the store is the index; nothing to snapshot.
+        let Some(index) = serving.hnsw().cloned() else { return Ok(false) };
+        let (dir, notes) = (serving.snapshot_dir.clone(), index.len());
         let started = Instant::now();
         tokio::task::spawn_blocking(move || index.save_snapshot(&dir, &position))
             .await
@@ -549,7 +607,7 @@ impl App {
         self.refresh_snapshot_age();
         tracing::info!(
             seq,
-            notes = self.index().len(),
+            notes,
             model_version = %serving.version,
             secs = started.elapsed().as_secs_f64(),
             "index snapshot written"

@@ -32,7 +32,8 @@ impl App {
             None
         };
         let serving = self.serving();
-        let cfg = serving.index.config().clone();
+        let Some(current) = serving.hnsw() else { return self.open_pgvector(&serving).await };
+        let cfg = current.config().clone();
         let dir = serving.snapshot_dir.clone();
         let loaded = tokio::task::spawn_blocking(move || NoteIndex::load_snapshot(&dir, cfg))
             .await
@@ -65,6 +66,30 @@ impl App {
         self.update_index_gauges();
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(notes, secs = started.elapsed().as_secs_f64(), "index restored; ready");
+        Ok(())
+    }
+
+    /// The pgvector backend's start: the HNSW index of the serving dimension created in the
+    /// store if missing (built over the rows there), the vectors of rows written before the
+    /// column existed filled in; then ready. Nothing is loaded into memory.
+    async fn open_pgvector(&self, serving: &super::Serving) -> Result<(), AppError> {
+        let started = Instant::now();
+        let super::Vectors::Pgvector { dim, .. } = serving.vectors else {
+            return Err(AppError::Internal("open_pgvector on an in-process index".into()));
+        };
+        let filled = self.store.backfill_vectors().await.map_err(|e| self.store_err("migrate", e))?;
+        if filled > 0 {
+            tracing::info!(filled, "stored notes without a pgvector column value filled in");
+        }
+        let cfg = &self.template().index;
+        self.store
+            .ensure_vector_index(dim, cfg.m, cfg.ef_construction)
+            .await
+            .map_err(|e| self.store_err("migrate", e))?;
+        let notes = self.store.count().await.map_err(|e| self.store_err("scan", e))?;
+        self.metrics.notes_indexed.set(i64::try_from(notes).unwrap_or(i64::MAX));
+        self.ready.store(true, Ordering::SeqCst);
+        tracing::info!(notes, dim, secs = started.elapsed().as_secs_f64(), "pgvector index ready; ready");
         Ok(())
     }
 
@@ -141,7 +166,7 @@ impl App {
     /// A fresh index holding every stored vector of this model version, and the seq it holds
     /// every change up to.
     async fn rebuild_from_store(&self) -> Result<(NoteIndex, i64), AppError> {
-        self.scan_store(self.index().config().clone(), &self.model_version()).await
+        self.scan_store(self.template().index_config(&self.serving()), &self.model_version()).await
     }
 
     /// A fresh index (`cfg`) of every stored vector of `mine`, and the seq it holds every

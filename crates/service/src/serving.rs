@@ -15,22 +15,70 @@ use notellm_index::{IndexConfig, IndexError, NoteIndex};
 use notellm_model::NoteLlm;
 use notellm_note::ModelVersion;
 
+/// Which index serves `/related` (`--index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexBackend {
+    /// HNSW in this process's memory: a cache of the store, restored, snapshotted, followed.
+    #[default]
+    Hnsw,
+    /// pgvector's HNSW inside Postgres, written with each note: nothing to restore, snapshot or
+    /// follow, and no limit but the database's.
+    Pgvector,
+}
+
+impl IndexBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexBackend::Hnsw => "hnsw",
+            IndexBackend::Pgvector => "pgvector",
+        }
+    }
+}
+
+impl std::str::FromStr for IndexBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hnsw" => Ok(IndexBackend::Hnsw),
+            "pgvector" => Ok(IndexBackend::Pgvector),
+            other => Err(format!("unknown index backend {other:?}: hnsw or pgvector")),
+        }
+    }
+}
+
+/// Where one model version's vectors are searched.
+pub enum Vectors {
+    /// This process's HNSW index.
+    Hnsw(Arc<NoteIndex>),
+    /// The store's pgvector index for vectors of `dim` (`notellm_store`'s `nearest`), searched
+    /// with a beam of `ef_search`.
+    Pgvector { dim: usize, ef_search: usize },
+}
+
 /// One model version, serving.
 pub struct Serving {
     pub version: ModelVersion,
     pub batcher: Arc<Batcher>,
-    pub index: Arc<NoteIndex>,
-    /// `<data-dir>/index/<model_version>/`.
+    pub vectors: Vectors,
+    /// `<data-dir>/index/<model_version>/` (snapshots of an HNSW index).
     pub snapshot_dir: PathBuf,
 }
 
 impl Serving {
-    /// The same model with another index (a restore).
+    /// The in-process index, when that is what serves.
+    pub fn hnsw(&self) -> Option<&Arc<NoteIndex>> {
+        match &self.vectors {
+            Vectors::Hnsw(index) => Some(index),
+            Vectors::Pgvector { .. } => None,
+        }
+    }
+
+    /// The same model with another in-process index (a restore).
     pub(super) fn with_index(&self, index: NoteIndex) -> Self {
         Self {
             version: self.version.clone(),
             batcher: self.batcher.clone(),
-            index: Arc::new(index),
+            vectors: Vectors::Hnsw(Arc::new(index)),
             snapshot_dir: self.snapshot_dir.clone(),
         }
     }
@@ -59,7 +107,7 @@ impl ServingSlot {
     /// What serves now and its generation, read together (a swap holds the write lock).
     pub(crate) fn current(&self) -> (Arc<Serving>, Generation) {
         let c = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let generation = Generation { serving: c.epoch, index: c.serving.index.version() };
+        let generation = Generation { serving: c.epoch, index: c.serving.hnsw().map_or(0, |i| i.version()) };
         (c.serving.clone(), generation)
     }
 
@@ -76,6 +124,8 @@ impl ServingSlot {
 #[derive(Debug, Clone)]
 pub struct ServingTemplate {
     pub batcher: BatcherConfig,
+    /// Which index serves.
+    pub backend: IndexBackend,
     /// HNSW settings; `dim` is replaced by the new model's.
     pub index: IndexConfig,
     pub data_dir: PathBuf,
@@ -83,21 +133,48 @@ pub struct ServingTemplate {
 }
 
 impl ServingTemplate {
+    /// The HNSW settings of the index serving now (its dimension included).
+    pub fn index_config(&self, serving: &Serving) -> IndexConfig {
+        serving.hnsw().map_or_else(|| self.index.clone(), |i| i.config().clone())
+    }
+
     /// An empty index for `model`'s vectors, with these settings.
     pub fn index_for(&self, model: &NoteLlm) -> Result<NoteIndex, IndexError> {
         NoteIndex::new(IndexConfig { dim: model.embedding_dim(), ..self.index.clone() })
     }
 
-    /// `model` serving with `index`: its batcher started, snapshots under its version's folder.
-    /// The one way a [`Serving`] is made (at start and by a re-index).
-    pub fn serve(&self, model: Arc<NoteLlm>, index: Arc<NoteIndex>, metrics: &Metrics) -> std::io::Result<Serving> {
+    /// Where `model`'s vectors are searched at start: an empty HNSW index (the restore fills it)
+    /// or the store's pgvector index for its dimension.
+    pub fn fresh_vectors(&self, model: &NoteLlm) -> Result<Vectors, IndexError> {
+        Ok(match self.backend {
+            IndexBackend::Hnsw => Vectors::Hnsw(Arc::new(self.index_for(model)?)),
+            IndexBackend::Pgvector => self.pgvector_for(model),
+        })
+    }
+
+    /// Where `model`'s vectors are searched after a re-index built `index` for it: that index,
+    /// or the store's pgvector index for its dimension.
+    pub fn vectors_with(&self, model: &NoteLlm, index: Arc<NoteIndex>) -> Vectors {
+        match self.backend {
+            IndexBackend::Hnsw => Vectors::Hnsw(index),
+            IndexBackend::Pgvector => self.pgvector_for(model),
+        }
+    }
+
+    fn pgvector_for(&self, model: &NoteLlm) -> Vectors {
+        Vectors::Pgvector { dim: model.embedding_dim(), ef_search: self.index.ef_search }
+    }
+
+    /// `model` serving from `vectors`: its batcher started, snapshots under its version's
+    /// folder. The one way a [`Serving`] is made (at start and by a re-index).
+    pub fn serve(&self, model: Arc<NoteLlm>, vectors: Vectors, metrics: &Metrics) -> std::io::Result<Serving> {
         let version = model.version().clone();
         let batcher = Batcher::spawn(model, self.batcher.clone(), metrics.clone())?;
         Ok(Serving {
             snapshot_dir: snapshot_dir(&self.data_dir, &version.0),
             version,
             batcher: Arc::new(batcher),
-            index,
+            vectors,
         })
     }
 }

@@ -128,7 +128,7 @@ impl App {
     async fn vote_of_neighbours(&self, note: &Note, max_hashtags: usize) -> Result<Option<Suggestion>, AppError> {
         let serving = self.serving();
         let query = serving.batcher.embed(note).await?;
-        let hits = serving.index.search(&query, self.suggest.neighbours, None)?;
+        let hits = self.search(&serving, &query, self.suggest.neighbours, None).await?;
         if hits.is_empty() {
             return Ok(None);
         }

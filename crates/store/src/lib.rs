@@ -123,6 +123,8 @@ pub struct StoreOptions {
     /// Postgres only: a schema to create if missing and put first on `search_path` (a plain
     /// lower-case identifier). Isolates tests; also lets several deployments share a database.
     pub schema: Option<String>,
+    /// Postgres only: apply the pgvector backend's migration (`pgvector.rs`).
+    pub pgvector: bool,
 }
 
 impl Default for StoreOptions {
@@ -133,6 +135,7 @@ impl Default for StoreOptions {
             acquire_timeout: Duration::from_secs(3),
             busy_timeout: Duration::from_secs(5),
             schema: None,
+            pgvector: false,
         }
     }
 }
@@ -251,9 +254,11 @@ macro_rules! dispatch_always {
 
 // After the macro: `staging` dispatches with it.
 mod listen;
+mod pgvector;
 mod staging;
 
 pub use listen::{ChangeListener, Notice, HEARTBEAT_SQL};
+pub use pgvector::MAX_EF_SEARCH;
 
 pub use staging::{ActiveModel, Promotion, ReindexNote, StagedVector, Switch};
 
@@ -307,6 +312,11 @@ impl Store {
             Target::Postgres(url) => {
                 let (s, r) = PgStore::connect(url, opts).await?;
                 (Backend::Postgres(s), r)
+            }
+            Target::Sqlite(_) if opts.pgvector => {
+                return Err(StoreError::Config(
+                    "the pgvector index needs the Postgres store: set DATABASE_URL to a postgres:// URL".into(),
+                ))
             }
             Target::Sqlite(t) => {
                 let (s, r) = SqliteStore::connect(&t, opts).await?;

@@ -60,6 +60,40 @@ pub(crate) async fn run_postgres(mut conn: PoolConnection<Postgres>) -> Result<M
     result
 }
 
+/// Applies the pgvector backend's idempotent migration (`migrations/pgvector/vectors.sql`),
+/// under the same advisory lock as the numbered ones, so that replicas starting together do not
+/// race on `CREATE EXTENSION`.
+pub(crate) async fn run_pgvector(mut conn: PoolConnection<Postgres>) -> Result<(), StoreError> {
+    conn.lock().await?;
+    let mut applied = Ok(());
+    for statement in statements(super::pgvector::MIGRATION) {
+        if let Err(e) = sqlx::query(&statement).execute(&mut *conn).await {
+            applied = Err(e);
+            break;
+        }
+    }
+    match applied {
+        Ok(_) => {
+            conn.unlock().await?;
+            Ok(())
+        }
+        Err(e) => {
+            conn.close_on_drop();
+            Err(StoreError::Config(format!(
+                "the pgvector backend's migration failed ({e}); is the extension installed on the server \
+                 (scripts/install_pgvector.sh) and may this role create it?"
+            )))
+        }
+    }
+}
+
+/// The statements of a migration file: `;`-terminated, `--` comment lines dropped (the
+/// pgvector file has no `;` inside a statement).
+fn statements(sql: &str) -> Vec<String> {
+    let code: String = sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    code.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
 /// Applies the pending SQLite migrations (each in its own transaction) over one connection.
 pub(crate) async fn run_sqlite(mut conn: PoolConnection<Sqlite>) -> Result<MigrationReport, StoreError> {
     apply_pending(&mut *conn, "sqlite", SQLITE).await
@@ -128,6 +162,9 @@ mod tests {
                 assert_eq!(&std::fs::read_to_string(path.join(file)).unwrap(), sql);
             }
         }
+        let vector = statements(crate::pgvector::MIGRATION);
+        assert_eq!(vector.len(), 3, "{vector:?}");
+        assert!(vector.iter().all(|s| s.contains("IF NOT EXISTS")), "idempotent: {vector:?}");
         let pg: Vec<_> = POSTGRES.iter().map(|m| (m.0, m.1)).collect();
         let lite: Vec<_> = SQLITE.iter().map(|m| (m.0, m.1)).collect();
         assert_eq!(pg, lite, "both dialects must carry the same versions");

@@ -14,6 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgTransaction};
 
 use super::codec::{self, ChangeRow, EmbeddingRow, LabelRow, NoteRow, ScanRow};
 use super::migrations::{self, MigrationReport};
+use super::pgvector;
 use super::staging::{ActiveRow, ReindexRow};
 use super::{
     ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions,
@@ -25,8 +26,13 @@ use notellm_note::{Embedding, ModelVersion, NoteId};
 #[derive(Debug, Clone)]
 pub(crate) struct PgStore {
     pool: PgPool,
+    /// [`upsert_sql`] and [`promote_sql`] for this store's columns.
+    upsert: String,
+    promote: String,
     /// Where every committed write announces its last seq ([`changes_channel`]).
     channel: String,
+    /// The pgvector column exists: every write keeps it equal to `embedding` (`pgvector.rs`).
+    vectors: bool,
 }
 
 /// The `NOTIFY` channel of a store in `schema` (`None`: the default search path). Every write
@@ -51,15 +57,23 @@ const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content
 const ALLOCATE_SEQS: &str = "UPDATE notellm_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq";
 
 /// Inserts or replaces a note, and clears any tombstone left by an earlier delete of its id.
-const UPSERT: &str = "WITH untomb AS (DELETE FROM note_tombstones WHERE note_id = $1) \
-     INSERT INTO notes (note_id, title, content, hashtags, category, content_hash, embedding, \
-                        dim, model_version, seq) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-     ON CONFLICT (note_id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
-         hashtags = EXCLUDED.hashtags, category = EXCLUDED.category, \
-         content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, \
-         dim = EXCLUDED.dim, model_version = EXCLUDED.model_version, seq = EXCLUDED.seq, \
-         updated_at = now()";
+/// With the pgvector column (`vectors`), `vec` is written in the same statement as `dim`
+/// (`$11`, pgvector's text form): a partial index over `vec::vector(dim)` must never see a row
+/// whose `dim` and `vec` disagree.
+fn upsert_sql(vectors: bool) -> String {
+    let (col, val, set) = if vectors { (", vec", ", $11::vector", ", vec = EXCLUDED.vec") } else { ("", "", "") };
+    format!(
+        "WITH untomb AS (DELETE FROM note_tombstones WHERE note_id = $1) \
+         INSERT INTO notes (note_id, title, content, hashtags, category, content_hash, embedding, \
+                            dim, model_version, seq{col}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10{val}) \
+         ON CONFLICT (note_id) DO UPDATE SET title = EXCLUDED.title, content = EXCLUDED.content, \
+             hashtags = EXCLUDED.hashtags, category = EXCLUDED.category, \
+             content_hash = EXCLUDED.content_hash, embedding = EXCLUDED.embedding, \
+             dim = EXCLUDED.dim, model_version = EXCLUDED.model_version, seq = EXCLUDED.seq{set}, \
+             updated_at = now()"
+    )
+}
 
 /// Deletes a note and any staged vector of it and leaves a tombstone; affects 0 rows when the
 /// note does not exist.
@@ -79,13 +93,19 @@ const STAGE: &str = "INSERT INTO note_vectors (note_id, model_version, embedding
      ON CONFLICT (note_id, model_version) DO UPDATE SET embedding = EXCLUDED.embedding, \
          dim = EXCLUDED.dim, source_seq = EXCLUDED.source_seq";
 
-/// The switch's row update: the staged vectors of `$1` into `notes`, and new seqs from `$2 + 1`
-/// in the old order. Postgres evaluates the FROM list on the statement's snapshot, so the
-/// numbering reads the rows as they were before the update.
-const PROMOTE: &str = "UPDATE notes AS n SET embedding = v.embedding, dim = v.dim, \
-         model_version = v.model_version, seq = $2 + r.rn \
-     FROM (SELECT note_id, row_number() OVER (ORDER BY seq) AS rn FROM notes) AS r, note_vectors AS v \
-     WHERE r.note_id = n.note_id AND v.note_id = n.note_id AND v.model_version = $1";
+/// The switch's row update: the staged vectors of `$1` into `notes` (with `vec`, in the same
+/// statement as `dim`, when the pgvector column exists), and new seqs from `$2 + 1` in the old
+/// order. Postgres evaluates the FROM list on the statement's snapshot, so the numbering reads
+/// the rows as they were before the update.
+fn promote_sql(vectors: bool) -> String {
+    let vec = if vectors { ", vec = v.vec" } else { "" };
+    format!(
+        "UPDATE notes AS n SET embedding = v.embedding, dim = v.dim{vec}, \
+             model_version = v.model_version, seq = $2 + r.rn \
+         FROM (SELECT note_id, row_number() OVER (ORDER BY seq) AS rn FROM notes) AS r, note_vectors AS v \
+         WHERE r.note_id = n.note_id AND v.note_id = n.note_id AND v.model_version = $1"
+    )
+}
 
 const CHANGES: &str = "SELECT note_id, seq, embedding, dim, model_version FROM ( \
          SELECT note_id, seq, embedding, dim::BIGINT AS dim, model_version \
@@ -104,7 +124,8 @@ impl PgStore {
             options = options.application_name("notellm");
         }
         if let Some(schema) = &opts.schema {
-            options = options.options([("search_path", schema)]);
+            // `public` after it: where the pgvector extension's type and operators live.
+            options = options.options([("search_path", format!("{schema},public"))]);
         }
         let pool = PgPoolOptions::new()
             .max_connections(opts.max_connections)
@@ -125,8 +146,18 @@ impl PgStore {
             }
         }
         let report = migrations::run_postgres(pool.acquire().await?).await?;
+        if opts.pgvector {
+            migrations::run_pgvector(pool.acquire().await?).await?;
+        }
+        let vectors: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'notes' AND column_name = 'vec')",
+        )
+        .fetch_one(&pool)
+        .await?;
         let channel = changes_channel(opts.schema.as_deref());
-        Ok((PgStore { pool, channel }, report))
+        let (upsert, promote) = (upsert_sql(vectors), promote_sql(vectors));
+        Ok((PgStore { pool, upsert, promote, channel, vectors }, report))
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -135,6 +166,10 @@ impl PgStore {
 
     pub(crate) fn channel(&self) -> &str {
         &self.channel
+    }
+
+    pub(crate) fn has_vectors(&self) -> bool {
+        self.vectors
     }
 
     pub(crate) async fn ping(&self) -> Result<()> {
@@ -161,7 +196,7 @@ impl PgStore {
         let first = allocate_seqs(&mut tx, batch.len(), &self.channel).await?;
         let mut seqs = Vec::with_capacity(batch.len());
         for (w, seq) in batch.iter().zip(first..) {
-            sqlx::query(UPSERT)
+            let q = sqlx::query(&self.upsert)
                 .bind(w.id.as_str())
                 .bind(&w.note.title)
                 .bind(&w.note.content)
@@ -171,9 +206,9 @@ impl PgStore {
                 .bind(codec::encode_embedding(w.embedding))
                 .bind(codec::embedding_dim(w.embedding)?)
                 .bind(&w.model_version.0)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+                .bind(seq);
+            let q = if self.vectors { q.bind(pgvector::vector_text(w.embedding)) } else { q };
+            q.execute(&mut *tx).await?;
             seqs.push(seq);
         }
         tx.commit().await?;
@@ -338,6 +373,9 @@ impl PgStore {
                 .bind(v.source_seq)
                 .execute(&mut *tx)
                 .await?;
+            if self.vectors {
+                pgvector::write_staged_vector(&mut tx, v.id, version, v.embedding).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -371,7 +409,7 @@ impl PgStore {
         let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(total).fetch_one(&mut *tx).await?;
         notify(&mut tx, &self.channel, last).await?;
         let updated =
-            sqlx::query(PROMOTE).bind(&s.model_version.0).bind(before).execute(&mut *tx).await?.rows_affected();
+            sqlx::query(&self.promote).bind(&s.model_version.0).bind(before).execute(&mut *tx).await?.rows_affected();
         let missing = u64::try_from(total).unwrap_or(0).saturating_sub(updated);
         if missing > 0 {
             tx.rollback().await?;

@@ -21,12 +21,15 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>
             let mut body = json!({
                 "status": "ready",
                 "model_version": s.app.model_version(),
-                "notes": s.app.index().len(),
                 "writes": match s.app.writes_refused() {
                     None => "accepted".to_owned(),
                     Some(why) => format!("refused: {why}"),
                 },
             });
+            // The in-process index's size (with pgvector, the store's count is in /metrics).
+            if let Some(index) = s.app.hnsw() {
+                body["notes"] = json!(index.len());
+            }
             if let Some(f) = s.app.follow_status() {
                 body["follow"] = json!(f);
             }
@@ -39,5 +42,6 @@ pub async fn readyz(State(s): State<AppState>) -> Result<Json<serde_json::Value>
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     s.app.refresh_snapshot_age();
     s.app.refresh_follow_lag();
+    s.app.refresh_store_gauges().await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.app.metrics.render())
 }

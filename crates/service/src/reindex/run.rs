@@ -194,10 +194,16 @@ async fn embed_chunk(ctx: &Ctx, notes: Vec<ReindexNote>, background: bool) -> Re
 async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut pos: i64) -> Result<(), ReindexError> {
     let (app, job) = (&ctx.app, &ctx.job);
     job.set_state(ReindexState::Switching);
+    if app.template().backend == crate::IndexBackend::Pgvector {
+        // The new dimension's pgvector index exists before any row of it is switched in (built
+        // over no rows: the switch's copy fills it). Writes are not held for this.
+        let cfg = &app.template().index;
+        app.store.ensure_vector_index(model.embedding_dim(), cfg.m, cfg.ef_construction).await?;
+    }
     // The new model's threads start before writes are held.
     let serving = app
         .template()
-        .serve(model, ctx.index.clone(), &app.metrics)
+        .serve(model.clone(), app.template().vectors_with(&model, ctx.index.clone()), &app.metrics)
         .map_err(|e| ReindexError::Internal(format!("cannot start the new model's batcher: {e}")))?;
     let old = app.serving();
     let gate = app.hold_writes().await;
