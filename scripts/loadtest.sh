@@ -11,13 +11,23 @@
 #                                 at 100k clustered 128-d vectors (the index's own measurement)
 #   scripts/loadtest.sh ingest    concurrent single-note PUTs vs offline batched `embed` on the
 #                                 default model (SmolLM2-135M), notes/s
+#   scripts/loadtest.sh backends  the same N notes in one Postgres schema served by the in-process
+#                                 index and by pgvector, one after the other: wrk req/s and
+#                                 p50/p99 (uniform ids, answer cache off), recall@10 of /related
+#                                 against exact search (scripts/backend_recall.py), server RSS and
+#                                 Postgres bytes per note
+#   scripts/loadtest.sh replicas  two `serve --follow` replicas on one Postgres schema:
+#                                 write-to-visible lag over LAG_WRITES writes and the follower's CPU
+#                                 per applied write over a burst (scripts/replica_lag.py)
 # Environment: N, DUR (s per measured run), WARM (s of Zipf warm-up), RELATED_CONN (wrk
 # connections for `related`, default 8: at the target's 10,000 req/s, Little's law gives 8
 # connections a mean latency of 0.8 ms, under the 2 ms p99 target; 64 could not average under
 # 6.4 ms), WRK_THREADS (1), ZIPF_S (1.0), K (20), CONN (concurrent PUTs for `ingest`), PORT,
 # INGEST_N, REINGEST=1 (rebuild the N-note store even when WORK holds one), WORK (default
 # target/loadtest), CARGO_TARGET_DIR (where the release binary is built), NOTELLM_BIN (run this
-# binary instead of building one: to compare two builds on the same store and machine).
+# binary instead of building one: to compare two builds on the same store and machine),
+# PG_URL (Postgres for `backends` and `replicas`; default TEST_DATABASE_URL, else the local test
+# database), RECALL_SAMPLES (200), LAG_WRITES (1000), BURST (5000), BURST_CONC (8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-all}
@@ -31,19 +41,37 @@ export NOTELLM_LOG=${NOTELLM_LOG:-warn}
 for tool in wrk bc; do command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $tool >/dev/null; }; done
 [ -n "${NOTELLM_BIN:-}" ] || cargo build --release --quiet
 
+PG_URL=${PG_URL:-${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}}
+RECALL_SAMPLES=${RECALL_SAMPLES:-200}; LAG_WRITES=${LAG_WRITES:-1000}; BURST=${BURST:-5000}; BURST_CONC=${BURST_CONC:-8}
+
 SERVER=
+FOLLOWER=
 stop() { [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null; SERVER=; }
-trap stop EXIT
+stop_all() { stop; [ -n "$FOLLOWER" ] && kill "$FOLLOWER" 2>/dev/null && wait "$FOLLOWER" 2>/dev/null; FOLLOWER=; }
+trap stop_all EXIT
+
+wait_ready() { # wait_ready PORT
+  for _ in $(seq 1 1200); do
+    curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0
+    sleep 0.5
+  done
+  echo "server on port $1 not ready" >&2; exit 1
+}
 
 serve() { # serve MODEL DATA_DIR
   "$BIN" serve --model "$1" --data-dir "$2" --listen "127.0.0.1:$PORT" --device cpu &
   SERVER=$!
-  for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && return 0
-    sleep 0.5
-  done
-  echo "server not ready" >&2; exit 1
+  wait_ready "$PORT"
 }
+
+tiny_model() { # the load tests' model: tiny, 128-d, trained on the example notes (prints its path)
+  local model="$WORK/tiny128"
+  [ -f "$model/notellm.json" ] || "$BIN" model init --preset tiny --corpus examples/notes.jsonl --out "$model" \
+    --vocab-size 800 --embedding-dim 128 >&2
+  echo "$model"
+}
+
+psql_at() { psql "$PG_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 # Server CPU time (user + system), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
@@ -71,8 +99,7 @@ wrk_run() {
 }
 
 related() {
-  local model="$WORK/tiny128"
-  [ -f "$model/notellm.json" ] || "$BIN" model init --preset tiny --corpus examples/notes.jsonl --out "$model" --vocab-size 800 --embedding-dim 128
+  local model; model=$(tiny_model)
   rm -rf "$WORK/empty"
   serve "$model" "$WORK/empty"; local rss0; rss0=$(rss_kib); stop
   if [ "${REINGEST:-0}" = 1 ] || [ "$(cat "$WORK/data/.notes" 2>/dev/null)" != "$N" ]; then
@@ -134,10 +161,66 @@ PY
   printf 'offline embed: %.2f notes/s; concurrent PUTs: %.2f notes/s (%.0f%%)\n' "$offline" "$online" "$(echo "100 * $online / $offline" | bc -l)"
 }
 
+backends() {
+  local model; model=$(tiny_model)
+  local schema="nl_loadtest_$N"
+  export DATABASE_URL=$PG_URL NOTELLM_DATABASE_SCHEMA=$schema NOTELLM_RELATED_CACHE_ENTRIES=0
+  local have; have=$(psql_at -c "SELECT count(*) FROM $schema.notes" 2>/dev/null || echo 0)
+  if [ "${REINGEST:-0}" = 1 ] || [ "$have" != "$N" ]; then
+    [ -s "$WORK/notes.jsonl" ] && [ "$(wc -l < "$WORK/notes.jsonl")" = "$N" ] || python3 scripts/gen_notes.py "$N" > "$WORK/notes.jsonl"
+    psql_at -c "DROP SCHEMA IF EXISTS $schema CASCADE"
+    local t0; t0=$(date +%s.%N)
+    "$BIN" ingest "$WORK/notes.jsonl" --model "$model" --data-dir "$WORK/pg-ingest" --max-batch-notes 64
+    echo "ingest of $N notes (tiny model, Postgres): $(echo "$(date +%s.%N) - $t0" | bc) s"
+  else
+    echo "reusing the $N-note schema $schema (REINGEST=1 to rebuild it)"
+  fi
+  : > "$WORK/backends-summary.txt"
+  # pgvector first: its start-up fills the vec column that exact search reads, then builds its index.
+  for index in pgvector hnsw; do
+    rm -rf "$WORK/pg-data-$index"
+    local t0; t0=$(date +%s.%N)
+    NOTELLM_INDEX=$index serve "$model" "$WORK/pg-data-$index"
+    echo "$index: ready in $(echo "$(date +%s.%N) - $t0" | bc) s (start-up from the store, no snapshot)" | tee -a "$WORK/backends-summary.txt"
+    echo "$index: server RSS $(rss_kib) KiB, $(( $(rss_kib) * 1024 / N )) bytes per note" | tee -a "$WORK/backends-summary.txt"
+    wrk_run "$index-uniform-no-cache" uniform "$DUR"
+    grep "^$index-uniform" "$WORK/related-summary.txt" | tail -1 >> "$WORK/backends-summary.txt"
+    echo "$index: $(python3 scripts/backend_recall.py "http://127.0.0.1:$PORT" "$PG_URL" "$schema" "$N" "$RECALL_SAMPLES" 10)" \
+      | tee -a "$WORK/backends-summary.txt"
+    stop
+  done
+  psql_at -F ' ' -c "SELECT 'postgres bytes per note: notes table (with TOAST) ' || pg_table_size('$schema.notes') / $N
+      || ', all indexes of notes ' || pg_indexes_size('$schema.notes') / $N
+      || ', of which the HNSW index ' || coalesce((SELECT pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace s
+         ON s.oid = c.relnamespace WHERE s.nspname = '$schema' AND c.relname LIKE 'notes_vec_hnsw_%' LIMIT 1), 0) / $N" \
+    | tee -a "$WORK/backends-summary.txt"
+  unset DATABASE_URL NOTELLM_DATABASE_SCHEMA NOTELLM_RELATED_CACHE_ENTRIES
+}
+
+replicas() {
+  local model; model=$(tiny_model)
+  local schema=nl_loadtest_replicas port_b=$((PORT + 1))
+  psql_at -c "DROP SCHEMA IF EXISTS $schema CASCADE"
+  export DATABASE_URL=$PG_URL NOTELLM_DATABASE_SCHEMA=$schema NOTELLM_FOLLOW=true
+  rm -rf "$WORK/replica-a" "$WORK/replica-b"
+  serve "$model" "$WORK/replica-a"
+  "$BIN" serve --model "$model" --data-dir "$WORK/replica-b" --listen "127.0.0.1:$port_b" --device cpu &
+  FOLLOWER=$!
+  wait_ready "$port_b"
+  python3 scripts/replica_lag.py "http://127.0.0.1:$PORT" "http://127.0.0.1:$port_b" "$FOLLOWER" \
+    "$LAG_WRITES" "$BURST" "$BURST_CONC" | tee "$WORK/replicas-summary.txt"
+  curl -sf "http://127.0.0.1:$port_b/metrics" | grep -E '^notellm_follow_(applied_changes|reconnects)_total'
+  stop_all
+  psql_at -c "DROP SCHEMA IF EXISTS $schema CASCADE"
+  unset DATABASE_URL NOTELLM_DATABASE_SCHEMA NOTELLM_FOLLOW
+}
+
 case "$MODE" in
   related) related ;;
+  backends) backends ;;
+  replicas) replicas ;;
   recall) recall ;;
   ingest) ingest ;;
   all) related; recall; ingest ;;
-  *) echo "usage: $0 [related|recall|ingest|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [related|recall|ingest|backends|replicas|all]" >&2; exit 2 ;;
 esac

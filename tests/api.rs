@@ -571,40 +571,39 @@ async fn related_cache_disabled(backend: Backend) {
     s.stop().await;
 }
 
-macro_rules! both_backends {
-    ($($name:ident),*) => {
-        mod on_sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::sqlite()).await })*
-        }
-        mod on_postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(b) = super::Backend::postgres("nl_api").await else { return };
-                super::$name(b.clone()).await;
-                b.drop().await;
-            })*
-        }
-    };
-}
-
-both_backends!(endpoints, errors, auth, overload_and_batching, related_cache, related_cache_disabled, suggestions);
-
-/// The same operations with `--index pgvector` (the answer cache is off there: its tests stay
-/// with the in-process index).
-mod on_pgvector {
-    macro_rules! pgvector_tests {
-        ($($name:ident),*) => {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(b) = super::Backend::pgvector("nl_api_vec").await else { return };
-                super::$name(b.clone()).await;
-                b.drop().await;
-            })*
-        };
-    }
-    pgvector_tests!(endpoints, errors, auth, overload_and_batching, related_cache_disabled, suggestions);
-}
+common::on_backend!(
+    on_sqlite,
+    Some(Backend::sqlite()),
+    endpoints,
+    errors,
+    auth,
+    overload_and_batching,
+    related_cache,
+    related_cache_disabled,
+    suggestions
+);
+common::on_backend!(
+    on_postgres,
+    Backend::postgres("nl_api").await,
+    endpoints,
+    errors,
+    auth,
+    overload_and_batching,
+    related_cache,
+    related_cache_disabled,
+    suggestions
+);
+// With --index pgvector the answer cache is off: its tests stay with the in-process index.
+common::on_backend!(
+    on_pgvector,
+    Backend::pgvector("nl_api_vec").await,
+    endpoints,
+    errors,
+    auth,
+    overload_and_batching,
+    related_cache_disabled,
+    suggestions
+);
 
 /// Raw HTTP/1.1 over TCP, for what a client library will not send: a trickled header, a body
 /// shorter than its `Content-Length`, connections held open doing nothing.

@@ -572,33 +572,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),*) => {
-        mod on_sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::sqlite()).await })*
-        }
-        mod on_postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                let Some(b) = super::Backend::postgres("nl_reidx").await else { return };
-                super::$name(b.clone()).await;
-                b.drop().await;
-            })*
-        }
-    };
-}
-
-both_backends!(reindex_under_load, reindex_failures);
-
-mod on_pgvector {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reindex_under_load() {
-        let Some(b) = super::Backend::pgvector("nl_reidx_vec").await else { return };
-        super::reindex_under_load(b.clone()).await;
-        b.drop().await;
-    }
-}
+common::on_backend!(on_sqlite, Some(Backend::sqlite()), reindex_under_load, reindex_failures);
+common::on_backend!(on_postgres, Backend::postgres("nl_reidx").await, reindex_under_load, reindex_failures);
+common::on_backend!(on_pgvector, Backend::pgvector("nl_reidx_vec").await, reindex_under_load);
 
 /// The real binary, killed with `kill -9` in the middle of a re-index: after a restart the old
 /// model serves every note, and a new re-index resumes from the vectors already staged.

@@ -2,7 +2,8 @@
 //! Postgres schema. A write accepted by either is served alike by both, from the stored vector
 //! (the other never embeds it); updates and deletes propagate; a listener whose connection is
 //! killed loses its notifications and the poll still catches up; a re-index switch made on one
-//! replica is followed by the other; and modes that cannot work are refused at start (replicas
+//! replica is followed by the other; a replica on another network namespace whose link to
+//! Postgres is cut turns not-ready and converges when it is back; and modes that cannot work are refused at start (replicas
 //! or pgvector on SQLite, replica mode with pgvector).
 
 mod common;
@@ -21,15 +22,19 @@ const K: usize = 5;
 
 /// A replica of `backend`'s store with its own data directory.
 fn replica(model: &Path, data: &Path, backend: &Backend) -> Proc {
-    let env = [
-        ("DATABASE_URL", backend.url.clone().unwrap_or_default()),
+    common::spawn(model, data, &replica_env(backend.url.clone().unwrap_or_default(), backend))
+}
+
+/// Replica mode on `url` (with `backend`'s schema), following quickly.
+fn replica_env(url: String, backend: &Backend) -> [(&'static str, String); 6] {
+    [
+        ("DATABASE_URL", url),
         ("NOTELLM_DATABASE_SCHEMA", backend.schema.clone().unwrap_or_default()),
         ("NOTELLM_FOLLOW", "true".to_owned()),
         ("NOTELLM_FOLLOW_INTERVAL", "0.3".to_owned()),
         ("NOTELLM_MAX_FOLLOW_LAG", "10".to_owned()),
         ("NOTELLM_HNSW_EF_SEARCH", "64".to_owned()),
-    ];
-    common::spawn(model, data, &env)
+    ]
 }
 
 async fn get(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
@@ -212,6 +217,98 @@ async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
     assert_eq!(metric(&http, &a, "notellm_follow_switches_total{outcome=\"done\"}").await, 0.0, "A switched itself");
 
     drop((a, b));
+    backend.drop().await;
+}
+
+/// A replica on another "host" whose only route to Postgres is a link the test cuts: it turns
+/// not-ready within the store probe's bound while cut off (and keeps answering reads from its
+/// index), and once the link is back it converges on every change made meanwhile, whose
+/// notifications it never got (its listener was rebuilt while the link was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_postgres_turns_unready_and_converges_when_back() {
+    if !common::netns::available() {
+        return;
+    }
+    let Some(backend) = Backend::postgres("nl_replicas_cut").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), "model", Family::Llama, 1);
+    let http = reqwest::Client::new();
+
+    let link = common::netns::Link::create();
+    let mut url = reqwest::Url::parse(backend.url.as_deref().unwrap()).unwrap();
+    let db = common::netns::resolve(url.host_str().unwrap(), url.port().unwrap_or(5432));
+    link.expose_to_replica(db.port(), db);
+    url.set_host(Some(common::netns::GATEWAY)).unwrap();
+    let env = replica_env(url.to_string(), &backend);
+    let port = common::free_port();
+    let launcher = ["ip", "netns", "exec", link.replica.as_str()];
+    let child = common::serve_command(&launcher, &model, &dir.path().join("b"), &env, &format!("127.0.0.1:{port}"))
+        .spawn()
+        .unwrap();
+    let mut b = Proc { child, base: format!("http://{}", link.reach_replica(port)) };
+    let mut a = replica(&model, &dir.path().join("a"), &backend);
+    common::wait_ready(&mut a, &http).await;
+    common::wait_ready(&mut b, &http).await;
+
+    let notes = common::notes(24, 11);
+    let mut last = 0;
+    for (id, n) in &notes[..12] {
+        last = put(&http, &a, id, n).await;
+    }
+    wait_applied(&http, &b, last).await;
+    assert_alike(&http, &a, &b, &notes[0].0).await;
+
+    link.set(false);
+    let cut = Instant::now();
+    let why = loop {
+        let (st, v) = get(&http, format!("{}/readyz", b.base)).await;
+        if st == StatusCode::SERVICE_UNAVAILABLE {
+            break v;
+        }
+        assert!(cut.elapsed() < Duration::from_secs(10), "B still ready {:?} after the cut: {v}", cut.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("B not ready {:.1}s after the cut: {why}", cut.elapsed().as_secs_f64());
+    // Writes go on at A meanwhile: new notes, an update and a delete.
+    for (id, n) in &notes[12..] {
+        put(&http, &a, id, n).await;
+    }
+    let seq = put(&http, &a, &notes[3].0, &notes[20].1).await;
+    let gone = &notes[4].0;
+    let r = http.delete(format!("{}/notes/{gone}", a.base)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    last = seq + 1; // the delete's (A is the only writer)
+    assert_eq!(related(&http, &b, &notes[1].0).await.0, StatusCode::OK, "B serves reads from its index while cut off");
+    // Stay cut off past the listener's heartbeat timeout, so the listener is rebuilt and the
+    // notifications of the writes above are lost for good.
+    let reconnects = metric(&http, &b, "notellm_follow_reconnects_total").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&http, &b, "notellm_follow_reconnects_total").await <= reconnects {
+        assert!(Instant::now() < deadline, "B never gave up its silent listener");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(get(&http, format!("{}/readyz", b.base)).await.0 == StatusCode::SERVICE_UNAVAILABLE);
+
+    link.set(true);
+    let back = Instant::now();
+    let deadline = back + Duration::from_secs(60);
+    loop {
+        let (st, v) = get(&http, format!("{}/readyz", b.base)).await;
+        if st == StatusCode::OK && v["follow"]["applied_seq"].as_i64().unwrap_or(0) >= last {
+            assert_eq!(v["notes"], notes.len() - 1, "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never converged after the link came back: {st} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("B converged {:.1}s after the link came back", back.elapsed().as_secs_f64());
+    for (id, _) in notes.iter().filter(|(id, _)| id != gone) {
+        assert_alike(&http, &a, &b, id).await;
+    }
+    assert_eq!(related(&http, &b, gone).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(metric(&http, &b, "notellm_embedded_notes_total").await, 0.0, "B applies stored vectors");
+
+    drop((a, b, link));
     backend.drop().await;
 }
 

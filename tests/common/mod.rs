@@ -2,6 +2,8 @@
 //! it with `notellm model init` code (nothing downloaded).
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -150,8 +152,23 @@ pub fn free_port() -> u16 {
 
 pub fn spawn(model: &Path, data: &Path, db: &[(&str, String)]) -> Proc {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_notellm"))
-        .args(["serve", "--device", "cpu", "--listen", &format!("127.0.0.1:{port}")])
+    let child = serve_command(&[], model, data, db, &format!("127.0.0.1:{port}")).spawn().unwrap();
+    Proc { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+/// The `notellm serve` command [`spawn`] runs, listening on `listen`, started through
+/// `launcher` (say `["ip", "netns", "exec", ns]`) when it is not empty.
+pub fn serve_command(launcher: &[&str], model: &Path, data: &Path, db: &[(&str, String)], listen: &str) -> Command {
+    let bin = env!("CARGO_BIN_EXE_notellm");
+    let mut cmd = match launcher {
+        [] => Command::new(bin),
+        [first, rest @ ..] => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin);
+            c
+        }
+    };
+    cmd.args(["serve", "--device", "cpu", "--listen", listen])
         .env("NOTELLM_MODEL", model)
         .env("NOTELLM_DATA_DIR", data)
         .env("NOTELLM_LOG", "warn")
@@ -159,10 +176,8 @@ pub fn spawn(model: &Path, data: &Path, db: &[(&str, String)]) -> Proc {
         .env_remove("NOTELLM_API_KEY")
         .envs(db.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Proc { child, base: format!("http://127.0.0.1:{port}") }
+        .stderr(Stdio::inherit());
+    cmd
 }
 
 pub async fn wait_ready(p: &mut Proc, http: &reqwest::Client) {
@@ -209,6 +224,27 @@ pub async fn drop_schema(url: &str, schema: &str) {
         p.close().await;
     }
 }
+
+/// `mod $module` of tests, one per `$name`, each running `async fn $name(Backend)` of the
+/// enclosing module against `$backend` (an `Option<Backend>`: `None` skips) and dropping its
+/// schema afterwards: `common::on_backend!(on_postgres, Backend::postgres("nl_x").await, a, b);`
+#[allow(unused_macros)]
+macro_rules! on_backend {
+    ($module:ident, $backend:expr, $($name:ident),* $(,)?) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(b): Option<$crate::common::Backend> = $backend else { return };
+                super::$name(b.clone()).await;
+                b.drop().await;
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_backend;
 
 /// Which store a test runs against: SQLite in the test's data directory, or a fresh schema of
 /// the test Postgres, searched by the in-process index or (pgvector) by Postgres itself.

@@ -254,14 +254,24 @@ impl App {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut listener: Option<ChangeListener> = None;
+        let mut listen_failing = false;
         loop {
-            if listener.is_none() {
+            // While the health probe finds the store unreachable nothing is tried (it has said
+            // so); the interval retries.
+            if listener.is_none() && self.store.unreachable().is_none() {
                 match self.store.listen().await {
-                    Ok(l) => listener = Some(l),
-                    Err(e) => tracing::warn!(error = %e, "cannot listen for changes; polling until it can"),
+                    Ok(l) => {
+                        listener = Some(l);
+                        listen_failing = false;
+                        // Whatever committed while no listener was up is read now.
+                        self.follow_step().await;
+                    }
+                    Err(e) if !listen_failing => {
+                        listen_failing = true;
+                        tracing::warn!(error = %e, "cannot listen for changes; polling until it can");
+                    }
+                    Err(_) => {}
                 }
-                // Whatever committed while no listener was up is read now.
-                self.follow_step().await;
             }
             tokio::select! {
                 notice = next_notice(&mut listener) => match notice {
@@ -303,6 +313,10 @@ impl App {
     /// Reads and applies what the store has; follows a switch or rebuilds when that is what it
     /// finds. Failures are logged (and counted by the store's error metric); the next step retries.
     async fn follow_step(&self) {
+        if self.store.unreachable().is_some() {
+            self.refresh_follow_lag();
+            return;
+        }
         let outcome = match self.catch_up().await {
             Ok(Step::CaughtUp) => Ok(()),
             Ok(Step::Switched(active)) => {
@@ -438,8 +452,7 @@ impl App {
             )));
         }
         let model = Arc::new(model);
-        let index = self.template().index_for(&model)?;
-        let (index, seq) = self.scan_store(index.config().clone(), &active.model_version).await?;
+        let (index, seq) = self.scan_store(self.template().config_for(&model), &active.model_version).await?;
         let notes = index.len();
         let serving = self
             .template()

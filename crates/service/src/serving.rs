@@ -138,9 +138,14 @@ impl ServingTemplate {
         serving.hnsw().map_or_else(|| self.index.clone(), |i| i.config().clone())
     }
 
+    /// These HNSW settings for `model`'s vectors.
+    pub fn config_for(&self, model: &NoteLlm) -> IndexConfig {
+        IndexConfig { dim: model.embedding_dim(), ..self.index.clone() }
+    }
+
     /// An empty index for `model`'s vectors, with these settings.
     pub fn index_for(&self, model: &NoteLlm) -> Result<NoteIndex, IndexError> {
-        NoteIndex::new(IndexConfig { dim: model.embedding_dim(), ..self.index.clone() })
+        NoteIndex::new(self.config_for(model))
     }
 
     /// Where `model`'s vectors are searched at start: an empty HNSW index (the restore fills it)

@@ -70,11 +70,6 @@ fn pg(store: &Store) -> Result<&super::postgres::PgStore> {
 }
 
 impl Store {
-    /// Whether this store keeps the `vec` column (Postgres with the pgvector migration applied).
-    pub fn has_vectors(&self) -> bool {
-        matches!(&self.backend, Backend::Postgres(pg) if pg.has_vectors())
-    }
-
     /// Creates the HNSW index for vectors of `dim` if it does not exist (builds it over the rows
     /// there: minutes for millions), with HNSW's `m` and `ef_construction`.
     pub async fn ensure_vector_index(&self, dim: usize, m: usize, ef_construction: usize) -> Result<()> {
