@@ -26,6 +26,19 @@ def conn(url):
     return http.client.HTTPConnection(u.hostname, u.port, timeout=30)
 
 
+def call(c, method, path, body=None, headers=None):
+    """One request on a keep-alive connection, reopened once if the server closed it idle."""
+    for attempt in (0, 1):
+        try:
+            c.request(method, path, body, headers or {})
+            r = c.getresponse()
+            return r, r.read()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            c.close()
+            if attempt:
+                raise
+
+
 def put(c, note_id, i):
     body = json.dumps({
         "title": f"replica lag note {i}",
@@ -33,18 +46,15 @@ def put(c, note_id, i):
         "hashtags": ["replicas"],
         "category": "tech",
     })
-    c.request("PUT", f"/notes/{note_id}", body, {"content-type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
+    r, data = call(c, "PUT", f"/notes/{note_id}", body, {"content-type": "application/json"})
     if r.status not in (200, 201):
         sys.exit(f"PUT {note_id}: {r.status} {data[:200]!r}")
     return json.loads(data)["seq"]
 
 
 def applied(c):
-    c.request("GET", "/readyz")
-    r = c.getresponse()
-    data = json.loads(r.read() or b"{}")
+    _, body = call(c, "GET", "/readyz")
+    data = json.loads(body or b"{}")
     return data.get("follow", {}).get("applied_seq", 0)
 
 
