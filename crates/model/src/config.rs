@@ -131,7 +131,7 @@ impl DecoderConfig {
                     CONFIG_FILE,
                     "model_type",
                     format!("{other:?} is not supported (llama, mistral, qwen2)"),
-                ))
+                ));
             }
             None => return Err(field_err(CONFIG_FILE, "model_type", "is missing")),
         };
@@ -157,7 +157,7 @@ impl DecoderConfig {
                     CONFIG_FILE,
                     "num_attention_heads",
                     format!("{num_heads} does not divide hidden_size {hidden_size}"),
-                ))
+                ));
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
@@ -369,6 +369,9 @@ pub struct NoteLlmConfig {
     pub max_topic_tokens: usize,
     /// Longest generated output (tokens).
     pub max_new_tokens: usize,
+    /// NoteLLM-2: present when the checkpoint also embeds notes with an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multimodal: Option<crate::multimodal::MultimodalConfig>,
 }
 
 /// Name of the embedding head tensor inside the weights.
@@ -434,6 +437,9 @@ impl NoteLlmConfig {
             if !seen.insert(c) {
                 return e("categories", format!("{c:?} is listed twice"));
             }
+        }
+        if let Some(m) = &self.multimodal {
+            m.validate().map_err(|err| field_err(NOTELLM_FILE, "multimodal", err.to_string()))?;
         }
         Ok(())
     }

@@ -15,8 +15,10 @@ pub mod device;
 pub mod embed;
 pub mod error;
 pub mod generate;
+pub mod multimodal;
 pub mod prompt;
 pub mod tokenizer;
+pub mod vision;
 pub mod vote;
 
 use std::path::Path;

@@ -264,6 +264,7 @@ fn notellm_config(
         max_content_tokens: 80,
         max_topic_tokens: 30,
         max_new_tokens: opts.max_new_tokens,
+        multimodal: None,
     })
 }
 

@@ -1,0 +1,205 @@
+//! NoteLLM-2's model on a tiny text checkpoint and a tiny random image encoder: the mICL
+//! prompt's positions (a masking test: the image embedding sees only the image, the note
+//! embedding both), batched == one by one for image notes, the checkpoint layout that
+//! `notellm model init-multimodal` writes, and gradients reaching the connector through the LLM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use notellm_artifacts::multimodal::{init_multimodal, MultimodalInit};
+use notellm_model::config::Family;
+use notellm_model::decoder::Decoder;
+use notellm_model::multimodal::{micl_forward, Connector, MiclPrompt, MultimodalNoteLlm, QFormerConfig};
+use notellm_model::vision::VisionConfig;
+use notellm_model::{CheckpointFiles, NoteLlm};
+use notellm_note::Note;
+
+fn tiny_vision() -> VisionConfig {
+    VisionConfig {
+        architecture: "dinov2".into(),
+        image_size: 28,
+        patch_size: 14,
+        width: 16,
+        depth: 2,
+        heads: 2,
+        mlp_ratio: 2,
+        layer_norm_eps: 1e-6,
+        pos_grid: 3,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        source: "random (tests/multimodal.rs)".into(),
+    }
+}
+
+fn qformer() -> QFormerConfig {
+    QFormerConfig { hidden: 16, layers: 2, heads: 2, ffn: 32, queries: 4, cross_every: 2, layer_norm_eps: 1e-12 }
+}
+
+/// A multimodal checkpoint in `dir/mm` (text: the tiny Llama; encoder: random).
+fn checkpoint(dir: &Path, late_fusion: bool) -> PathBuf {
+    let text = common::tiny_model(dir, "text", Family::Llama, 1);
+    let vision = dir.join("vision");
+    notellm_artifacts::vision::random_encoder(&vision, &tiny_vision(), 3).unwrap();
+    let out = dir.join("mm");
+    let opts = MultimodalInit { qformer: Some(qformer()), late_fusion, model_version: None };
+    init_multimodal(&text, &vision, &out, &opts).unwrap();
+    out
+}
+
+fn note(title: &str, content: &str) -> Note {
+    Note {
+        title: title.into(),
+        content: content.into(),
+        hashtags: vec!["travel".into()],
+        category: Some("travel".into()),
+    }
+}
+
+/// Random image features `[b, tokens, width]` as the encoder would store them.
+fn features(b: usize, seed: f32) -> Tensor {
+    let cfg = tiny_vision();
+    let n = b * cfg.tokens() * cfg.width;
+    let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + seed).sin() * 1.7).collect();
+    Tensor::from_vec(v, (b, cfg.tokens(), cfg.width), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn the_image_embedding_sees_only_the_image_and_the_note_embedding_sees_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = MultimodalNoteLlm::load(&checkpoint(dir.path(), true), &Device::Cpu).unwrap();
+    let a = note("Weekend in Kyoto temples", "We walked from Gion to Kiyomizu at dawn.");
+    let b = note("Sourdough at home", "Flour, water, salt and three days of patience.");
+    let img1 = features(1, 0.0);
+    let img2 = features(1, 1.3);
+    let a1 = &model.embed(std::slice::from_ref(&a), &img1).unwrap()[0];
+    let b1 = &model.embed(std::slice::from_ref(&b), &img1).unwrap()[0];
+    let a2 = &model.embed(std::slice::from_ref(&a), &img2).unwrap()[0];
+    // Same image, other text: the image embedding is unchanged (causal: it comes first).
+    assert!(max_diff(a1.image.as_slice(), b1.image.as_slice()) < 1e-5);
+    // ... and the note embedding moves with the text.
+    assert!(max_diff(a1.note.as_slice(), b1.note.as_slice()) > 1e-3);
+    // Same text, other image: both move.
+    assert!(max_diff(a1.image.as_slice(), a2.image.as_slice()) > 1e-3);
+    assert!(max_diff(a1.note.as_slice(), a2.note.as_slice()) > 1e-3);
+    // The layout: `<IMG>` became the queries, so everything after it shifted by queries - 1
+    // against a one-token placeholder.
+    let layout = model.layout(&a).unwrap();
+    assert_eq!(layout.visual, 4);
+    assert_eq!(layout.image_position() + 1, layout.img_emb_position());
+    assert_eq!(layout.note_position(), layout.img_emb_position() + layout.note);
+}
+
+#[test]
+fn without_late_fusion_the_image_embedding_still_ignores_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = MultimodalNoteLlm::load(&checkpoint(dir.path(), false), &Device::Cpu).unwrap();
+    let img = features(1, 0.5);
+    let a = &model.embed(&[note("A", "first text here")], &img).unwrap()[0];
+    let b = &model.embed(&[note("B", "a different second text")], &img).unwrap()[0];
+    assert!(max_diff(a.image.as_slice(), b.image.as_slice()) < 1e-5);
+    assert!(max_diff(a.note.as_slice(), b.note.as_slice()) > 1e-3);
+}
+
+#[test]
+fn a_batch_of_image_notes_embeds_as_each_note_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = MultimodalNoteLlm::load(&checkpoint(dir.path(), true), &Device::Cpu).unwrap();
+    let notes = vec![
+        note("Short", "x"),
+        note("A much longer title about a trip", "with a content that runs on for a while, past the others"),
+        note("Middle one", "some words in between"),
+    ];
+    let images = features(3, 0.7);
+    let together = model.embed(&notes, &images).unwrap();
+    for (i, n) in notes.iter().enumerate() {
+        let alone = &model.embed(std::slice::from_ref(n), &images.narrow(0, i, 1).unwrap()).unwrap()[0];
+        assert!(max_diff(alone.note.as_slice(), together[i].note.as_slice()) < 1e-5, "note {i}");
+        assert!(max_diff(alone.image.as_slice(), together[i].image.as_slice()) < 1e-5, "image {i}");
+    }
+    assert_eq!(together[0].note.as_slice().len(), model.text().embedding_dim());
+}
+
+#[test]
+fn the_checkpoint_says_it_is_multimodal_and_still_serves_text_notes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mm = checkpoint(dir.path(), true);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mm.join("notellm.json")).unwrap()).unwrap();
+    assert_eq!(json["multimodal"]["micl_prompt_version"], "notellm2-micl-v1");
+    assert_eq!(json["multimodal"]["vision"], "vision");
+    assert!(json["model_version"].as_str().unwrap().ends_with("+micl"));
+    assert!(mm.join("vision/vision.json").is_file() && mm.join("multimodal.safetensors").is_file());
+    // The text path loads it as any checkpoint and embeds text-only notes as the text model did.
+    let text = NoteLlm::load(&dir.path().join("text"), &Device::Cpu).unwrap();
+    let as_text = NoteLlm::load(&mm, &Device::Cpu).unwrap();
+    let n = note("Only words", "no picture in this one");
+    let (x, y) = (&text.embed(std::slice::from_ref(&n)).unwrap()[0], &as_text.embed(&[n]).unwrap()[0]);
+    assert_eq!(x.as_slice(), y.as_slice());
+    // A text checkpoint is not multimodal; an existing directory is not overwritten.
+    let err = MultimodalNoteLlm::load(&dir.path().join("text"), &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("text-only checkpoint"), "{err}");
+    let opts = MultimodalInit { qformer: Some(qformer()), late_fusion: true, model_version: None };
+    let err = init_multimodal(&dir.path().join("text"), &dir.path().join("vision"), &mm, &opts).unwrap_err();
+    assert!(err.to_string().contains("exists"), "{err}");
+    let err = init_multimodal(&mm, &dir.path().join("vision"), &dir.path().join("again"), &opts).unwrap_err();
+    assert!(err.to_string().contains("already a multimodal"), "{err}");
+}
+
+#[test]
+fn images_from_files_go_through_the_encoder_and_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = MultimodalNoteLlm::load(&checkpoint(dir.path(), true), &Device::Cpu).unwrap();
+    let red = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(40, 30, image::Rgb([200, 20, 20])));
+    let mut grad = image::RgbImage::new(28, 28);
+    for (x, y, p) in grad.enumerate_pixels_mut() {
+        *p = image::Rgb([(x * 9) as u8, (y * 9) as u8, 128]);
+    }
+    let feats = model.image_features(&[red, image::DynamicImage::ImageRgb8(grad)]).unwrap();
+    assert_eq!(feats.dims(), [2, 5, 16]);
+    let out = model.embed(&[note("Red", "a red square"), note("Red", "a red square")], &feats).unwrap();
+    assert!(max_diff(out[0].note.as_slice(), out[1].note.as_slice()) > 1e-4, "two images, one embedding");
+}
+
+#[test]
+fn the_micl_loss_reaches_the_connector_through_the_llm() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_dir = common::tiny_model(dir.path(), "text", Family::Llama, 1);
+    let text = NoteLlm::load(&text_dir, &Device::Cpu).unwrap();
+    let files = CheckpointFiles::open(&text_dir).unwrap();
+    let mut decoder = Decoder::load(&files.decoder, files.var_builder(DType::F32, &Device::Cpu).unwrap()).unwrap();
+    decoder.set_trainable_from(0);
+    let cfg = notellm_model::multimodal::MultimodalConfig {
+        micl_prompt_version: notellm_model::multimodal::MICL_PROMPT_VERSION.into(),
+        vision: "vision".into(),
+        qformer: qformer(),
+        late_fusion: true,
+    };
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let connector = Connector::new(&cfg, 16, files.decoder.hidden_size, vb).unwrap();
+    let prompt = MiclPrompt::new(&text).unwrap();
+    let ids =
+        vec![prompt.note_ids(&text, &note("A", "one")).unwrap(), prompt.note_ids(&text, &note("B", "two")).unwrap()];
+    let states = micl_forward(&decoder, &prompt, &connector, &ids, &features(2, 0.1), text.tokenizer().pad_id).unwrap();
+    let loss = (states.note.sqr().unwrap().sum_all().unwrap() + states.image.sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    for name in [
+        "qformer.query_tokens",
+        "qformer.layers.0.cross_attn.key.weight",
+        "projection.fc1.weight",
+        "img_emb_token",
+        "fusion.w_g.weight",
+    ] {
+        let g = grads.get(data[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0, "{name}: zero gradient");
+    }
+}
