@@ -203,3 +203,77 @@ fn the_micl_loss_reaches_the_connector_through_the_llm() {
         assert!(norm > 0.0, "{name}: zero gradient");
     }
 }
+
+#[test]
+fn a_clip_tower_in_hugging_face_names_encodes_as_candles_clip_and_feeds_the_connector() {
+    use candle_transformers::models::clip::text_model::Activation;
+    use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+    use notellm_model::vision::{VisionEncoder, VISION_WEIGHTS_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    // ViT-B/16's geometry (224 px, patch 16, width 768, 12 heads) with 2 of its 12 layers.
+    let mut cfg = VisionConfig::clip_vit_b16("random (tests/multimodal.rs)");
+    cfg.depth = 2;
+    let random = dir.path().join("random");
+    notellm_artifacts::vision::random_encoder(&random, &cfg, 5).unwrap();
+    let names = candle_core::safetensors::load(random.join(VISION_WEIGHTS_FILE), &Device::Cpu).unwrap();
+    for name in [
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.pre_layrnorm.weight",
+        "vision_model.encoder.layers.1.mlp.fc2.weight",
+        "vision_model.post_layernorm.bias",
+    ] {
+        assert!(names.contains_key(name), "{name} missing");
+    }
+    // A file brought by a user goes in through import_clip (which loads it once to check it):
+    // here, with the depth the test wrote.
+    let clip = dir.path().join("clip");
+    let err = notellm_artifacts::vision::import_clip(&random.join(VISION_WEIGHTS_FILE), &clip).unwrap_err();
+    assert!(err.to_string().contains("layers.2"), "{err}");
+    assert!(!clip.exists(), "a refused import leaves nothing behind");
+    std::fs::create_dir_all(&clip).unwrap();
+    std::fs::copy(random.join(VISION_WEIGHTS_FILE), clip.join(VISION_WEIGHTS_FILE)).unwrap();
+    std::fs::write(clip.join("vision.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    let encoder = VisionEncoder::load(&clip, &Device::Cpu).unwrap();
+    let red = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(300, 240, image::Rgb([200, 20, 20])));
+    let mut grad = image::RgbImage::new(224, 224);
+    for (x, y, p) in grad.enumerate_pixels_mut() {
+        *p = image::Rgb([x as u8, y as u8, 90]);
+    }
+    let images = [red, image::DynamicImage::ImageRgb8(grad)];
+    let feats = encoder.encode(&images).unwrap();
+    assert_eq!(feats.hidden.dims(), [2, 197, 768]);
+    // candle's own CLIP module gives the same pooled output (post_layernorm of the CLS state).
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[clip.join(VISION_WEIGHTS_FILE)], DType::F32, &Device::Cpu).unwrap()
+    };
+    let c = ClipVisionConfig {
+        embed_dim: 768,
+        activation: Activation::QuickGelu,
+        intermediate_size: 3072,
+        num_hidden_layers: 2,
+        num_attention_heads: 12,
+        projection_dim: 512,
+        num_channels: 3,
+        image_size: 224,
+        patch_size: 16,
+    };
+    let tower = ClipVisionTransformer::new(vb.pp("vision_model"), &c).unwrap();
+    let pixels: Vec<f32> = images.iter().flat_map(|i| cfg.pixels(i)).collect();
+    let pixels = Tensor::from_vec(pixels, (2, 3, 224, 224), &Device::Cpu).unwrap();
+    let pooled =
+        candle_core::Module::forward(&tower, &pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let ours = feats.normed.narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(max_diff(&pooled, &ours) < 1e-4, "{}", max_diff(&pooled, &ours));
+    let cls = feats.hidden.narrow(1, 0, 1).unwrap();
+    let (a, b) = (cls.get(0).unwrap().flatten_all().unwrap(), cls.get(1).unwrap().flatten_all().unwrap());
+    assert!(max_diff(&a.to_vec1::<f32>().unwrap(), &b.to_vec1::<f32>().unwrap()) > 1e-3);
+    // A multimodal checkpoint on it: 768-wide image tokens into the Q-Former.
+    let text = common::tiny_model(dir.path(), "text", Family::Llama, 1);
+    let opts = MultimodalInit { qformer: Some(qformer()), late_fusion: true, model_version: None };
+    let mm = dir.path().join("mm");
+    init_multimodal(&text, &clip, &mm, &opts).unwrap();
+    let model = MultimodalNoteLlm::load(&mm, &Device::Cpu).unwrap();
+    let out = model.embed(&[note("Red", "square"), note("Red", "square")], &feats.hidden).unwrap();
+    assert!(max_diff(out[0].note.as_slice(), out[1].note.as_slice()) > 1e-4);
+}

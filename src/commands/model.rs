@@ -57,8 +57,12 @@ pub struct ImportVisionArgs {
     #[arg(long, env = "NOTELLM_OUT")]
     pub out: PathBuf,
     /// Convert this ONNX file (a DINOv2 export in Hugging Face names) instead of downloading one.
-    #[arg(long, env = "NOTELLM_VISION_ONNX")]
+    #[arg(long, env = "NOTELLM_VISION_ONNX", conflicts_with = "clip")]
     pub onnx: Option<PathBuf>,
+    /// Use this CLIP ViT-B/16 `model.safetensors` (Hugging Face names, `vision_model.*`) instead
+    /// of DINOv2: the paper's encoder, for users who have its weights.
+    #[arg(long, env = "NOTELLM_VISION_CLIP")]
+    pub clip: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -171,12 +175,15 @@ pub fn run(c: ModelCommand) -> Result<()> {
             eprintln!("ready: {}", dir.display());
         }
         ModelCommand::ImportVision(a) => {
-            match &a.onnx {
-                Some(onnx) => {
+            match (&a.onnx, &a.clip) {
+                (_, Some(clip)) => {
+                    vision::import_clip(clip, &a.out)?;
+                }
+                (Some(onnx), None) => {
                     let source = format!("{} (converted by notellm model import-vision --onnx)", onnx.display());
                     vision::convert_dinov2(onnx, &a.out, &source)?;
                 }
-                None => {
+                (None, None) => {
                     vision::import_vision(&a.out, &fetch::default_cache_dir(), &fetch::FetchOptions::default().python)?;
                 }
             }

@@ -8,6 +8,11 @@
 //! `Resize` and PyTorch's `interpolate`), where candle's resizes by nearest neighbour. The
 //! golden-feature test compares it with ONNX Runtime on the original graph.
 //!
+//! CLIP (`"architecture": "clip"`, the paper's ViT-B/16) runs through candle-transformers'
+//! `clip::vision_model` on weights in Hugging Face CLIP names (`vision_model.*`; a whole CLIP
+//! checkpoint works as it is, its text half unused): the last layer's states are `hidden`, and
+//! the model's `post_layernorm` over every token is `normed`.
+//!
 //! Input: `(batch, 3, image_size, image_size)` pixels, already normalised with
 //! [`VisionConfig::mean`] / [`VisionConfig::std`]. Output: the last block's hidden states (CLS
 //! first, then the patches row by row) before and after the final LayerNorm.
@@ -16,6 +21,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
+use candle_transformers::models::clip::text_model::Activation;
+use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
@@ -25,10 +32,15 @@ pub const VISION_CONFIG_FILE: &str = "vision.json";
 /// The encoder directory's weights.
 pub const VISION_WEIGHTS_FILE: &str = "model.safetensors";
 
+/// `VisionConfig::architecture` of a DINOv2 encoder (timm names).
+pub const DINOV2: &str = "dinov2";
+/// `VisionConfig::architecture` of a CLIP vision tower (Hugging Face names, `vision_model.*`).
+pub const CLIP: &str = "clip";
+
 /// What an encoder directory holds (`vision.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
-    /// `"dinov2"`: the only architecture this module runs.
+    /// `"dinov2"` or `"clip"`.
     pub architecture: String,
     /// Square input side in pixels.
     pub image_size: usize,
@@ -49,6 +61,25 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
+    /// OpenAI's CLIP ViT-B/16 at 224 px (the NoteLLM-2 paper's encoder), for weights a user
+    /// brings: 12 layers of width 768, 12 heads, CLIP's mean and std.
+    pub fn clip_vit_b16(source: impl Into<String>) -> Self {
+        Self {
+            architecture: CLIP.into(),
+            image_size: 224,
+            patch_size: 16,
+            width: 768,
+            depth: 12,
+            heads: 12,
+            mlp_ratio: 4,
+            layer_norm_eps: 1e-5,
+            pos_grid: 14,
+            mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+            source: source.into(),
+        }
+    }
+
     /// Patches along one side of the input.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -62,8 +93,11 @@ impl VisionConfig {
     fn validate(&self) -> Result<()> {
         let bad =
             |field: &str, msg: String| ModelError::Field { file: VISION_CONFIG_FILE.into(), field: field.into(), msg };
-        if self.architecture != "dinov2" {
-            return Err(bad("architecture", format!("{:?} is not supported (only \"dinov2\")", self.architecture)));
+        if self.architecture != DINOV2 && self.architecture != CLIP {
+            return Err(bad(
+                "architecture",
+                format!("{:?} is not supported ({DINOV2:?} or {CLIP:?})", self.architecture),
+            ));
         }
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 || self.image_size == 0 {
             return Err(bad(
@@ -76,6 +110,12 @@ impl VisionConfig {
         }
         if self.depth == 0 || self.mlp_ratio == 0 || self.pos_grid == 0 {
             return Err(bad("depth", "depth, mlp_ratio and pos_grid must be positive".into()));
+        }
+        if self.architecture == CLIP && self.pos_grid != self.grid() {
+            return Err(bad(
+                "pos_grid",
+                format!("CLIP keeps position embeddings for its own grid: {} must be {}", self.pos_grid, self.grid()),
+            ));
         }
         if self.std.iter().any(|s| *s <= 0.0) {
             return Err(bad("std", format!("{:?} has a non-positive entry", self.std)));
@@ -145,15 +185,25 @@ struct Block {
     ls2: Tensor,
 }
 
-/// A loaded DINOv2 encoder.
-pub struct VisionEncoder {
-    cfg: VisionConfig,
+/// The DINOv2 forward pass's weights.
+struct Dinov2 {
     patch: Conv2d,
     cls: Tensor,
     /// `(1, tokens, width)`: CLS position, then the grid resized to the input's.
     pos: Tensor,
     blocks: Vec<Block>,
     norm: LayerNorm,
+}
+
+enum Backend {
+    Dinov2(Dinov2),
+    Clip { tower: ClipVisionTransformer, post_norm: LayerNorm },
+}
+
+/// A loaded image encoder.
+pub struct VisionEncoder {
+    cfg: VisionConfig,
+    backend: Backend,
     device: Device,
 }
 
@@ -176,10 +226,37 @@ impl VisionEncoder {
         Self::new(cfg, vb)
     }
 
-    /// The encoder from weights in timm names (`cls_token`, `pos_embed`, `patch_embed.proj`,
-    /// `blocks.N.*`, `norm`).
+    /// The encoder of `cfg.architecture` from its weights: DINOv2 in timm names
+    /// (`cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.*`, `norm`), CLIP in Hugging
+    /// Face names (`vision_model.embeddings.*`, `vision_model.encoder.layers.N.*`, ...).
     pub fn new(cfg: VisionConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        let device = vb.device().clone();
+        let backend = if cfg.architecture == CLIP { Self::clip(&cfg, vb)? } else { Self::dinov2(&cfg, vb)? };
+        Ok(Self { cfg, backend, device })
+    }
+
+    fn clip(cfg: &VisionConfig, vb: VarBuilder) -> Result<Backend> {
+        let vb = vb.pp("vision_model");
+        // candle draws a random class embedding when the file has none; refuse such a file.
+        vb.pp("embeddings").get(cfg.width, "class_embedding")?;
+        let c = ClipVisionConfig {
+            embed_dim: cfg.width,
+            activation: Activation::QuickGelu,
+            intermediate_size: cfg.mlp_ratio * cfg.width,
+            num_hidden_layers: cfg.depth,
+            num_attention_heads: cfg.heads,
+            projection_dim: cfg.width,
+            num_channels: 3,
+            image_size: cfg.image_size,
+            patch_size: cfg.patch_size,
+        };
+        let tower = ClipVisionTransformer::new(vb.clone(), &c)?;
+        let post_norm = candle_nn::layer_norm(cfg.width, cfg.layer_norm_eps, vb.pp("post_layernorm"))?;
+        Ok(Backend::Clip { tower, post_norm })
+    }
+
+    fn dinov2(cfg: &VisionConfig, vb: VarBuilder) -> Result<Backend> {
         let (w, p) = (cfg.width, cfg.patch_size);
         let conv = Conv2dConfig { stride: p, ..Default::default() };
         let patch = candle_nn::conv2d(3, w, p, conv, vb.pp("patch_embed").pp("proj"))?;
@@ -203,7 +280,7 @@ impl VisionEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = candle_nn::layer_norm(w, eps, vb.pp("norm"))?;
-        Ok(Self { device: vb.device().clone(), cfg, patch, cls, pos, blocks, norm })
+        Ok(Backend::Dinov2(Dinov2 { patch, cls, pos, blocks, norm }))
     }
 
     pub fn config(&self) -> &VisionConfig {
@@ -228,19 +305,35 @@ impl VisionEncoder {
         if (c, h, w) != (3, s, s) {
             return Err(ModelError::Input(format!("images must be (batch, 3, {s}, {s}); got ({b}, {c}, {h}, {w})")));
         }
+        let _span = tracing::debug_span!("encode_images", size = b, architecture = %self.cfg.architecture).entered();
+        match &self.backend {
+            Backend::Dinov2(m) => m.forward(pixels, self.cfg.width, self.cfg.heads),
+            Backend::Clip { tower, post_norm } => {
+                let states = tower.output_hidden_states(pixels)?;
+                // One entry per layer, then the pooled output.
+                let hidden = states[states.len().saturating_sub(2)].clone();
+                let normed = post_norm.forward(&hidden)?;
+                Ok(VisionFeatures { hidden, normed })
+            }
+        }
+    }
+}
+
+impl Dinov2 {
+    fn forward(&self, pixels: &Tensor, width: usize, heads: usize) -> Result<VisionFeatures> {
+        let b = pixels.dim(0)?;
         let patches = self.patch.forward(pixels)?.flatten_from(2)?.transpose(1, 2)?;
-        let cls = self.cls.expand((b, 1, self.cfg.width))?;
+        let cls = self.cls.expand((b, 1, width))?;
         let mut x = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.pos)?;
         for block in &self.blocks {
-            x = self.block(block, &x)?;
+            x = Self::block(block, &x, heads)?;
         }
         let normed = self.norm.forward(&x)?;
         Ok(VisionFeatures { hidden: x, normed })
     }
 
-    fn block(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
+    fn block(blk: &Block, x: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, n, w) = x.dims3()?;
-        let heads = self.cfg.heads;
         let hd = w / heads;
         let qkv = blk.qkv.forward(&blk.norm1.forward(x)?)?.reshape((b, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);

@@ -114,6 +114,35 @@ pub fn convert_dinov2(onnx_path: &Path, out_dir: &Path, source: &str) -> Result<
     Ok(cfg)
 }
 
+/// An encoder directory for a CLIP ViT-B/16 checkpoint the user brings (Hugging Face names,
+/// `vision_model.*`; a whole CLIP `model.safetensors` works, its text half unused): the file is
+/// linked (or copied) in, `vision.json` written, and the encoder loaded once so that a file of
+/// another shape or naming is refused here rather than at serve time.
+pub fn import_clip(weights: &Path, out_dir: &Path) -> Result<VisionConfig> {
+    if out_dir.exists() {
+        return Err(ModelError::Input(format!("{} exists; choose a new directory", out_dir.display())));
+    }
+    let cfg = VisionConfig::clip_vit_b16(format!("{} (notellm model import-vision --clip)", weights.display()));
+    let tmp = out_dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::Io { path: tmp.clone(), source: e })?;
+    let result = (|| {
+        let dest = tmp.join(VISION_WEIGHTS_FILE);
+        if std::fs::hard_link(weights, &dest).is_err() {
+            std::fs::copy(weights, &dest).map_err(|e| ModelError::Io { path: dest.clone(), source: e })?;
+        }
+        let cfg_path = tmp.join(VISION_CONFIG_FILE);
+        let text = serde_json::to_string_pretty(&cfg).unwrap_or_default();
+        std::fs::write(&cfg_path, text).map_err(|e| ModelError::Io { path: cfg_path, source: e })?;
+        notellm_model::vision::VisionEncoder::load(&tmp, &Device::Cpu)?;
+        std::fs::rename(&tmp, out_dir).map_err(|e| ModelError::Io { path: out_dir.to_owned(), source: e })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| cfg)
+}
+
 /// Writes an encoder directory with random weights from `seed` for `cfg` (tests, and a quick
 /// multimodal pipeline without the download): matrices uniform with variance 1/fan-in, norms
 /// and layer scales one, biases zero.
