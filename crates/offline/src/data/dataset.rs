@@ -11,6 +11,7 @@
 //! DIR/pairs.train.jsonl  the mined pairs whose two notes are both in the split (also .val, .test)
 //! DIR/categories.txt     the closed category list, one per line, sorted
 //! DIR/manifest.json      how the directory was made: source files, parameters, seed, counts
+//! DIR/images/<note_id>.png  optional: the note's image (`notellm data appstream` writes them)
 //! ```
 
 use std::collections::HashMap;
@@ -28,6 +29,12 @@ pub const PAIRS_FILE: &str = "pairs.jsonl";
 pub const SPLIT_DIR: &str = "split";
 pub const CATEGORIES_FILE: &str = "categories.txt";
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const IMAGES_DIR: &str = "images";
+
+/// Where the image of note `id` lives in the dataset directory `dir` (whether or not it exists).
+pub fn image_file(dir: &Path, id: &NoteId) -> PathBuf {
+    dir.join(IMAGES_DIR).join(format!("{id}.png"))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -158,6 +165,13 @@ impl Dataset {
     pub fn note(&self, id: &NoteId) -> Option<&Note> {
         self.by_id.get(id).map(|&i| &self.notes[i].note)
     }
+
+    /// The image file of note `id`, when the note is in the dataset and has one
+    /// (`DIR/images/<note_id>.png`).
+    pub fn image_path(&self, id: &NoteId) -> Option<PathBuf> {
+        let path = image_file(&self.dir, id);
+        (self.by_id.contains_key(id) && path.is_file()).then_some(path)
+    }
 }
 
 /// Reads a JSONL file of `T`, naming the file and line of the first bad line.
@@ -265,6 +279,33 @@ impl Split {
     /// The part of every note.
     pub fn parts(&self) -> HashMap<&NoteId, Part> {
         Part::ALL.into_iter().flat_map(|p| self.ids(p).iter().map(move |id| (id, p))).collect()
+    }
+}
+
+#[cfg(test)]
+mod dataset_tests {
+    use super::*;
+
+    #[test]
+    fn image_paths_of_notes_that_have_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let id = |s: &str| NoteId::parse(s).unwrap();
+        let line = |s: &str| NoteLine { note_id: id(s), note: Note { title: s.into(), ..Note::default() } };
+        write_jsonl(&d.join(NOTES_FILE), [line("a"), line("b:2B")]).unwrap();
+        write_lines(&d.join(CATEGORIES_FILE), [""; 0]).unwrap();
+        for part in Part::ALL {
+            write_lines(&part.ids_path(d), if part == Part::Train { vec!["a", "b:2B"] } else { vec![] }).unwrap();
+            write_jsonl(&part.pairs_path(d), Vec::<Pair>::new()).unwrap();
+        }
+        std::fs::create_dir_all(d.join(IMAGES_DIR)).unwrap();
+        std::fs::write(image_file(d, &id("a")), b"png").unwrap();
+        std::fs::write(image_file(d, &id("stale")), b"png").unwrap();
+        let data = Dataset::load(d).unwrap();
+        assert_eq!(data.image_path(&id("a")), Some(d.join("images/a.png")));
+        assert_eq!(data.image_path(&id("b:2B")), None);
+        // Only notes of the dataset have images, whatever else lies in the folder.
+        assert_eq!(data.image_path(&id("stale")), None);
     }
 }
 

@@ -334,7 +334,7 @@ fn list(value: &str) -> impl Iterator<Item = &str> {
 
 /// The package names of a relationship field (`Depends`, `Provides`, ...): the first
 /// alternative of each `|` group, without version, architecture qualifier or restrictions.
-fn relation_names(value: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn relation_names(value: &str) -> impl Iterator<Item = &str> {
     list(value).filter_map(|group| {
         let first = group.split('|').next()?.trim_start();
         let name = first.split(|c: char| c.is_whitespace() || matches!(c, '(' | '[' | '<')).next()?;
