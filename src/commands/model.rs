@@ -38,13 +38,13 @@ pub struct InitMultimodalArgs {
     #[arg(long, env = "NOTELLM_OUT")]
     pub out: PathBuf,
     /// Learned queries: visual tokens per image in the prompt.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "NOTELLM_MM_QUERIES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub queries: u16,
     /// Q-Former layers (cross-attention on every second one, the first included).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=24))]
+    #[arg(long, env = "NOTELLM_MM_QFORMER_LAYERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=24))]
     pub qformer_layers: u16,
     /// Leave out late fusion (the CLS feature mixed into the embeddings after the LLM).
-    #[arg(long)]
+    #[arg(long, env = "NOTELLM_MM_NO_LATE_FUSION")]
     pub no_late_fusion: bool,
     /// `model_version` of the new checkpoint (default: the text checkpoint's with `+micl`).
     #[arg(long, env = "NOTELLM_MODEL_VERSION")]

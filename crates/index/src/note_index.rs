@@ -518,15 +518,23 @@ mod tests {
             assert!(rebuild.join().unwrap());
         });
         assert_eq!(index.len(), 3_000);
+        // What the new graph stores, point by point (not its id map).
+        let stored: std::collections::HashMap<String, Vec<f32>> =
+            index.graph().live_vectors().into_iter().map(|(n, v)| (n.as_str().to_owned(), v)).collect();
+        assert_eq!(stored.len(), 3_000);
+        let mut reached = 0;
         for (i, v) in extra.iter().enumerate() {
             assert!(index.contains(&id(&format!("x{i}"))));
             assert!(!index.contains(&ids[i]));
-            // The replayed point is in the new graph, not only in its id map: a beam as wide as
-            // the graph reaches it. (The default beam is approximate: about 2 queries in 10^4
-            // miss an exact top-1 on this data, so 300 such checks failed in ~5% of runs.)
+            // The replayed point is in the new graph with its vector.
+            assert_eq!(stored.get(&format!("x{i}")).map(Vec::as_slice), Some(v.as_slice()), "x{i}");
             let hits = index.search_with_ef(v, 1, None, index.len()).unwrap();
-            assert_eq!(hits[0].id.as_str(), format!("x{i}"));
+            reached += usize::from(hits[0].id.as_str() == format!("x{i}"));
         }
+        // And searches find it. Not every point, every time: HNSW's neighbour pruning can leave
+        // a point no other point links to, which no beam reaches (1 of these 300 in ~5% of runs
+        // here).
+        assert!(reached >= 297, "only {reached} of 300 replayed points are found by an exact-width search");
         assert!(vectors.len() == 3_000);
     }
 
