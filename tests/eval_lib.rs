@@ -78,3 +78,74 @@ fn eval_pipeline_on_synthetic_data() {
     assert_eq!(json["pool"], 120);
     eprintln!("{md}");
 }
+
+/// The image-only systems on a dataset whose images follow the notes' categories (one colour
+/// per category, with per-note noise): both are far above chance, through the command's own
+/// `run`; a pool note without an image is named.
+#[test]
+fn image_only_systems_rank_by_the_notes_images() {
+    use notellm_offline::commands::eval::{run, EvalOptions, System};
+    use notellm_offline::eval::Buckets;
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_dataset(&dir.path().join("data"), 120);
+    let ds = Dataset::load(&data).unwrap();
+    let images = data.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut cats: Vec<String> = ds.notes.iter().filter_map(|l| l.note.category.clone()).collect();
+    cats.sort();
+    cats.dedup();
+    for (i, line) in ds.notes.iter().enumerate() {
+        let c = cats.iter().position(|c| Some(c) == line.note.category.as_ref()).unwrap() as u32;
+        let base = [(c * 97 % 256) as u8, (c * 57 % 256) as u8, (c * 181 % 256) as u8];
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            // A category's shape: a vertical or horizontal split, and per-note speckles.
+            let on = if c % 2 == 0 { x < 16 } else { y < 16 };
+            let speck = ((x * 7 + y * 13 + i as u32 * 31) % 17 == 0) as u8 * 60;
+            let v = |b: u8| if on { b.saturating_add(speck) } else { 255 - b };
+            image::Rgb([v(base[0]), v(base[1]), v(base[2])])
+        });
+        img.save(images.join(format!("{}.png", line.note_id))).unwrap();
+    }
+    let encoder = dir.path().join("encoder");
+    let cfg = notellm_model::vision::VisionConfig {
+        architecture: "dinov2".into(),
+        image_size: 28,
+        patch_size: 14,
+        width: 16,
+        depth: 1,
+        heads: 2,
+        mlp_ratio: 2,
+        layer_norm_eps: 1e-6,
+        pos_grid: 2,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+        source: "random (tests/eval_lib.rs)".into(),
+    };
+    notellm_artifacts::vision::random_encoder(&encoder, &cfg, 1).unwrap();
+    let opts = EvalOptions {
+        part: Part::Test,
+        ks: vec![10],
+        buckets: Buckets::default(),
+        batch_size: 8,
+        generation_sample: 0,
+        seed: 1,
+        fusion: false,
+        vote_pool: 0,
+        vote_k: 10,
+    };
+    let systems = vec![System::Pixels, System::ImageEncoder { dir: encoder.clone() }];
+    let table = run(&data, &systems, &Device::Cpu, &opts).unwrap();
+    let json = table.to_json();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    // Chance R@10 over 119 candidates is 8%; the images tell a note's category (one colour and
+    // shape per category) and little more. Everything is seeded.
+    let pixels = rows[0]["recall"][0].as_f64().unwrap();
+    let encoder = rows[1]["recall"][0].as_f64().unwrap();
+    assert!(pixels > 0.25, "pixels R@10 {pixels}: {json}");
+    assert!(encoder > 0.15, "encoder R@10 {encoder}: {json}");
+    // Without an image, a note cannot be ranked by one.
+    std::fs::remove_file(images.join("n7.png")).unwrap();
+    let err = run(&data, &systems[..1], &Device::Cpu, &opts).unwrap_err().to_string();
+    assert!(err.contains("note n7 has no image"), "{err}");
+}

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use notellm_artifacts::fetch::{default_cache_dir, FetchOptions};
 use notellm_model::vision::{VisionConfig, VisionEncoder, VISION_WEIGHTS_FILE};
 use serde_json::Value;
 
@@ -20,17 +19,13 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/visi
 /// The imported encoder directory, or `None` (skip) when it cannot be had here.
 fn encoder_dir() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cache = default_cache_dir();
-        let out = cache.join("models").join("dinov2-vit-s14");
-        match notellm_artifacts::vision::import_vision(&out, &cache, &FetchOptions::default().python) {
-            Ok(dir) => Some(dir),
-            Err(e) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping: the image encoder cannot be imported here: {e}");
-                None
-            }
-            Err(e) => panic!("CI is set but the image encoder cannot be imported: {e}"),
+    DIR.get_or_init(|| match notellm_artifacts::vision::default_encoder() {
+        Ok(dir) => Some(dir),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: the image encoder cannot be imported here: {e}");
+            None
         }
+        Err(e) => panic!("CI is set but the image encoder cannot be imported: {e}"),
     })
     .as_deref()
 }

@@ -17,6 +17,13 @@ pub enum Baseline {
     Minilm,
     /// SmolLM2-135M-Instruct zero-shot with the NoteLLM prompt (the paper's LLaMA zero-shot row).
     Smollm2,
+    /// The note's image as 16x16 raw pixels (image only; datasets with images).
+    #[value(name = "pixels16")]
+    Pixels16,
+    /// The note's image through the frozen encoder, its CLS feature (image only; `--vision`,
+    /// else DINOv2 ViT-S/14 imported into the cache).
+    #[value(name = "image-encoder")]
+    ImageEncoder,
     None,
 }
 
@@ -74,6 +81,10 @@ pub struct EvalArgs {
     /// Also write `results.md` and `results.json` into this directory.
     #[arg(long, env = "NOTELLM_EVAL_OUT")]
     pub out: Option<PathBuf>,
+    /// The image encoder directory of the `image-encoder` baseline (default: DINOv2 ViT-S/14,
+    /// imported into the cache as `notellm model import-vision` does).
+    #[arg(long, env = "NOTELLM_EVAL_VISION")]
+    pub vision: Option<PathBuf>,
 }
 
 impl EvalArgs {
@@ -89,6 +100,14 @@ impl EvalArgs {
                     name: "SmolLM2-135M zero-shot".into(),
                     dir: default_model::smollm2_base()?,
                 }),
+                Baseline::Pixels16 => out.push(System::Pixels),
+                Baseline::ImageEncoder => {
+                    let dir = match &self.vision {
+                        Some(d) => d.clone(),
+                        None => notellm_artifacts::vision::default_encoder()?,
+                    };
+                    out.push(System::ImageEncoder { dir });
+                }
                 Baseline::None => {}
             }
         }

