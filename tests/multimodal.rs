@@ -277,3 +277,49 @@ fn a_clip_tower_in_hugging_face_names_encodes_as_candles_clip_and_feeds_the_conn
     let out = model.embed(&[note("Red", "square"), note("Red", "square")], &feats.hidden).unwrap();
     assert!(max_diff(out[0].note.as_slice(), out[1].note.as_slice()) > 1e-4);
 }
+
+#[test]
+fn encoder_features_are_cached_per_encoder_and_image() {
+    use notellm_model::features::{features_of, FeatureCache};
+    use notellm_model::image_input::ImageHash;
+    use notellm_model::vision::VisionEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    notellm_artifacts::vision::random_encoder(&a_dir, &tiny_vision(), 3).unwrap();
+    notellm_artifacts::vision::random_encoder(&b_dir, &tiny_vision(), 4).unwrap();
+    let a = VisionEncoder::load(&a_dir, &Device::Cpu).unwrap();
+    let b = VisionEncoder::load(&b_dir, &Device::Cpu).unwrap();
+    let root = dir.path().join("cache");
+    let (ca, cb) = (FeatureCache::open(&root, &a).unwrap(), FeatureCache::open(&root, &b).unwrap());
+    assert_ne!(ca.dir(), cb.dir(), "two encoders share a cache directory");
+    let imgs: Vec<image::DynamicImage> = (0..3u8)
+        .map(|i| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(30, 30, |x, y| {
+                image::Rgb([x as u8 * i, y as u8, 40 * i])
+            }))
+        })
+        .collect();
+    let named: Vec<(ImageHash, &image::DynamicImage)> =
+        imgs.iter().enumerate().map(|(i, im)| (ImageHash::of(&[i as u8]), im)).collect();
+    let (first, encoded) = features_of(&a, Some(&ca), &named, 2).unwrap();
+    assert_eq!((first.dims(), encoded), (&[3usize, 5, 16][..], 3));
+    let (again, encoded) = features_of(&a, Some(&ca), &named, 2).unwrap();
+    assert_eq!(encoded, 0, "a second pass encodes nothing");
+    let (x, y) = (
+        first.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        again.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    for (p, q) in x.iter().zip(&y) {
+        assert!((p - q).abs() <= 1e-3 * p.abs().max(1.0), "{p} vs {q}: beyond f16 rounding");
+    }
+    // The other encoder has nothing cached; a damaged file is encoded again.
+    assert_eq!(features_of(&b, Some(&cb), &named[..1], 2).unwrap().1, 1);
+    let file = std::fs::read_dir(ca.dir()).unwrap().flatten().find(|e| e.path().is_dir()).unwrap().path();
+    let victim = std::fs::read_dir(&file).unwrap().flatten().next().unwrap().path();
+    std::fs::write(&victim, b"cut").unwrap();
+    assert_eq!(features_of(&a, Some(&ca), &named, 2).unwrap().1, 1);
+    // An encoder built in memory has no fingerprint to cache under.
+    let vm = VarMap::new();
+    let mem = VisionEncoder::new(tiny_vision(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    assert!(FeatureCache::open(&root, &mem).is_err());
+}

@@ -205,6 +205,9 @@ pub struct VisionEncoder {
     cfg: VisionConfig,
     backend: Backend,
     device: Device,
+    /// SHA-256 (hex) of `vision.json` and the weights file, when loaded from a directory: what
+    /// cached features are keyed by.
+    fingerprint: Option<String>,
 }
 
 impl std::fmt::Debug for VisionEncoder {
@@ -221,9 +224,23 @@ impl VisionEncoder {
         if !weights.is_file() {
             return Err(ModelError::MissingFile { dir: dir.to_owned(), file: VISION_WEIGHTS_FILE.into() });
         }
+        let fingerprint = fingerprint(&dir.join(VISION_CONFIG_FILE), &weights)?;
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
-        Self::new(cfg, vb)
+        Ok(Self { fingerprint: Some(fingerprint), ..Self::new(cfg, vb)? })
+    }
+
+    /// What identifies these weights (`None` for an encoder not loaded from a directory).
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// The final norm over features' `hidden` states (`[.., width]`): their `normed` form.
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(match &self.backend {
+            Backend::Dinov2(m) => m.norm.forward(hidden)?,
+            Backend::Clip { post_norm, .. } => post_norm.forward(hidden)?,
+        })
     }
 
     /// The encoder of `cfg.architecture` from its weights: DINOv2 in timm names
@@ -233,7 +250,7 @@ impl VisionEncoder {
         cfg.validate()?;
         let device = vb.device().clone();
         let backend = if cfg.architecture == CLIP { Self::clip(&cfg, vb)? } else { Self::dinov2(&cfg, vb)? };
-        Ok(Self { cfg, backend, device })
+        Ok(Self { cfg, backend, device, fingerprint: None })
     }
 
     fn clip(cfg: &VisionConfig, vb: VarBuilder) -> Result<Backend> {
@@ -344,6 +361,26 @@ impl Dinov2 {
         let mlp = blk.fc2.forward(&blk.fc1.forward(&blk.norm2.forward(&x)?)?.gelu_erf()?)?;
         Ok((&x + mlp.broadcast_mul(&blk.ls2)?)?)
     }
+}
+
+/// SHA-256 of the config file's and the weights' bytes, streamed.
+fn fingerprint(config: &Path, weights: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    for path in [config, weights] {
+        let io = |source| ModelError::Io { path: path.to_owned(), source };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `(1, 1 + from², w)` position embeddings as `(1, 1 + to², w)`: the CLS one kept, the grid

@@ -174,14 +174,16 @@ pub fn run(
             }
             System::Pixels => {
                 let images = crate::eval::images::load_images(&data, &ids)?;
-                let embs = crate::eval::images::pixel_embeddings(&images)?;
+                let embs = crate::eval::images::pixel_embeddings(&images.iter().map(|i| &i.image).collect::<Vec<_>>())?;
                 let encode = started.elapsed().as_secs_f64();
                 (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }
             System::ImageEncoder { dir } => {
                 let encoder = notellm_model::vision::VisionEncoder::load(dir, device)?;
                 let images = crate::eval::images::load_images(&data, &ids)?;
-                let embs = crate::eval::images::encoder_embeddings(&encoder, &images, opts.batch_size)?;
+                let cache_root = notellm_artifacts::fetch::default_cache_dir().join("image-features");
+                let cache = notellm_model::features::FeatureCache::open(&cache_root, &encoder)?;
+                let embs = crate::eval::images::encoder_embeddings(&encoder, Some(&cache), &images, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
                 (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }

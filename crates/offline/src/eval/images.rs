@@ -6,7 +6,9 @@
 //!   own mean, so that the cosine of two is the correlation of their pixels and a shared white
 //!   background does not make every pair alike.
 //! - **the frozen encoder's CLS feature**: `VisionEncoder::encode` (resize, crop, normalise), the
-//!   CLS token after the final norm (DINOv2's usual image feature), in batches.
+//!   CLS token after the final norm (DINOv2's usual image feature), in batches, with the
+//!   features cached per image under `$NOTELLM_CACHE/image-features` so a second run encodes
+//!   nothing.
 //!
 //! Every note of the pool must have an image; the first one without is named.
 
@@ -14,6 +16,8 @@ use std::path::Path;
 
 use crate::data::Dataset;
 use crate::eval::{EvalError, Result};
+use notellm_model::features::{features_of, FeatureCache};
+use notellm_model::image_input::{decode, ImageHash, ImageInput, ImageLimits};
 use notellm_model::vision::VisionEncoder;
 use notellm_note::{Embedding, NoteId};
 
@@ -22,8 +26,11 @@ pub const PIXELS_NAME: &str = "16x16 raw pixels (image only)";
 /// Side of the pixel control's grid.
 pub const PIXEL_GRID: u32 = 16;
 
-/// The images of `ids`, decoded; an error names the first note without one.
-pub fn load_images(data: &Dataset, ids: &[NoteId]) -> Result<Vec<image::DynamicImage>> {
+/// Generous bounds for dataset images (they are the project's own files, not a client's).
+const DATASET_IMAGES: ImageLimits = ImageLimits { max_bytes: 64 << 20, max_side: 16_384 };
+
+/// The images of `ids`, read and decoded; an error names the first note without one.
+pub fn load_images(data: &Dataset, ids: &[NoteId]) -> Result<Vec<ImageInput>> {
     ids.iter()
         .map(|id| {
             let path = data.image_path(id).ok_or_else(|| {
@@ -37,8 +44,9 @@ pub fn load_images(data: &Dataset, ids: &[NoteId]) -> Result<Vec<image::DynamicI
         .collect()
 }
 
-fn open(path: &Path) -> Result<image::DynamicImage> {
-    image::open(path).map_err(|e| EvalError::Input(format!("{}: not a readable image: {e}", path.display())))
+fn open(path: &Path) -> Result<ImageInput> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))?;
+    decode(&bytes, &DATASET_IMAGES).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))
 }
 
 /// The pixel control's vector of one image: 16 x 16 cells x RGB, centred on its mean.
@@ -71,7 +79,7 @@ pub fn pixel_vector(img: &image::DynamicImage) -> Vec<f32> {
 
 /// L2-normalised pixel vectors; an image of one flat colour (no variance) gets a tiny constant
 /// direction so that it still has an embedding (it matches nothing in particular).
-pub fn pixel_embeddings(images: &[image::DynamicImage]) -> Result<Vec<Embedding>> {
+pub fn pixel_embeddings(images: &[&image::DynamicImage]) -> Result<Vec<Embedding>> {
     images
         .iter()
         .map(|img| {
@@ -84,24 +92,21 @@ pub fn pixel_embeddings(images: &[image::DynamicImage]) -> Result<Vec<Embedding>
         .collect()
 }
 
-/// The encoder's normed CLS feature of each image, `batch` images per forward pass.
+/// The encoder's normed CLS feature of each image, `batch` images per forward pass; features
+/// are read from and written to `cache` ([`notellm_model::features`]).
 pub fn encoder_embeddings(
     encoder: &VisionEncoder,
-    images: &[image::DynamicImage],
+    cache: Option<&FeatureCache>,
+    images: &[ImageInput],
     batch: usize,
 ) -> Result<Vec<Embedding>> {
-    let bar = crate::progress::bar("image encoder", images.len() as u64);
-    let mut out = Vec::with_capacity(images.len());
-    for chunk in images.chunks(batch.max(1)) {
-        let feats = encoder.encode(chunk)?;
-        let cls = feats.normed.narrow(1, 0, 1)?.squeeze(1)?.to_vec2::<f32>()?;
-        for v in cls {
-            out.push(Embedding::normalised(v).map_err(|e| EvalError::Input(format!("encoder feature: {e}")))?);
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(out)
+    let named: Vec<(ImageHash, &image::DynamicImage)> = images.iter().map(|i| (i.hash, &i.image)).collect();
+    let (hidden, encoded) = features_of(encoder, cache, &named, batch)?;
+    tracing::info!(images = images.len(), encoded, cached = images.len() - encoded, "image features");
+    let cls = encoder.final_norm(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.to_vec2::<f32>()?;
+    cls.into_iter()
+        .map(|v| Embedding::normalised(v).map_err(|e| EvalError::Input(format!("encoder feature: {e}"))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -132,18 +137,18 @@ mod tests {
 
     #[test]
     fn similar_images_are_closer_than_different_ones() {
-        let red = pixel_embeddings(&[solid(64, 64, [220, 10, 10])]).unwrap();
+        let red = pixel_embeddings(&[&solid(64, 64, [220, 10, 10])]).unwrap();
         let mut half = image::RgbImage::from_pixel(64, 64, image::Rgb([220, 10, 10]));
         for (x, _, p) in half.enumerate_pixels_mut() {
             if x > 48 {
                 *p = image::Rgb([10, 10, 220]);
             }
         }
-        let mostly_red = pixel_embeddings(&[image::DynamicImage::ImageRgb8(half)]).unwrap();
-        let blue = pixel_embeddings(&[solid(64, 64, [10, 10, 220])]).unwrap();
+        let mostly_red = pixel_embeddings(&[&image::DynamicImage::ImageRgb8(half)]).unwrap();
+        let blue = pixel_embeddings(&[&solid(64, 64, [10, 10, 220])]).unwrap();
         assert!(red[0].cosine(&mostly_red[0]) > red[0].cosine(&blue[0]));
         // A flat image still gets a unit embedding.
-        let flat = pixel_embeddings(&[solid(8, 8, [128, 128, 128])]).unwrap();
+        let flat = pixel_embeddings(&[&solid(8, 8, [128, 128, 128])]).unwrap();
         assert!((flat[0].as_slice().iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5);
     }
 }
