@@ -88,24 +88,7 @@ fn image_only_systems_rank_by_the_notes_images() {
     use notellm_offline::eval::Buckets;
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_dataset(&dir.path().join("data"), 120);
-    let ds = Dataset::load(&data).unwrap();
-    let images = data.join("images");
-    std::fs::create_dir_all(&images).unwrap();
-    let mut cats: Vec<String> = ds.notes.iter().filter_map(|l| l.note.category.clone()).collect();
-    cats.sort();
-    cats.dedup();
-    for (i, line) in ds.notes.iter().enumerate() {
-        let c = cats.iter().position(|c| Some(c) == line.note.category.as_ref()).unwrap() as u32;
-        let base = [(c * 97 % 256) as u8, (c * 57 % 256) as u8, (c * 181 % 256) as u8];
-        let img = image::RgbImage::from_fn(32, 32, |x, y| {
-            // A category's shape: a vertical or horizontal split, and per-note speckles.
-            let on = if c % 2 == 0 { x < 16 } else { y < 16 };
-            let speck = ((x * 7 + y * 13 + i as u32 * 31) % 17 == 0) as u8 * 60;
-            let v = |b: u8| if on { b.saturating_add(speck) } else { 255 - b };
-            image::Rgb([v(base[0]), v(base[1]), v(base[2])])
-        });
-        img.save(images.join(format!("{}.png", line.note_id))).unwrap();
-    }
+    let images = common::category_images(&data);
     let encoder = dir.path().join("encoder");
     let cfg = notellm_model::vision::VisionConfig {
         architecture: "dinov2".into(),

@@ -184,9 +184,11 @@ fn the_micl_loss_reaches_the_connector_through_the_llm() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let connector = Connector::new(&cfg, 16, files.decoder.hidden_size, vb).unwrap();
-    let prompt = MiclPrompt::new(&text).unwrap();
-    let ids =
-        vec![prompt.note_ids(&text, &note("A", "one")).unwrap(), prompt.note_ids(&text, &note("B", "two")).unwrap()];
+    let prompt = MiclPrompt::new(text.tokenizer(), text.config()).unwrap();
+    let ids = vec![
+        prompt.note_ids(text.tokenizer(), text.config(), &note("A", "one")).unwrap(),
+        prompt.note_ids(text.tokenizer(), text.config(), &note("B", "two")).unwrap(),
+    ];
     let states = micl_forward(&decoder, &prompt, &connector, &ids, &features(2, 0.1), text.tokenizer().pad_id).unwrap();
     let loss = (states.note.sqr().unwrap().sum_all().unwrap() + states.image.sum_all().unwrap()).unwrap();
     let grads = loss.backward().unwrap();
@@ -322,4 +324,76 @@ fn encoder_features_are_cached_per_encoder_and_image() {
     let vm = VarMap::new();
     let mem = VisionEncoder::new(tiny_vision(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     assert!(FeatureCache::open(&root, &mem).is_err());
+}
+
+#[test]
+fn micl_training_lowers_its_loss_and_its_checkpoint_serves() {
+    use notellm_offline::train::trainer::{Objective, TrainOptions, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::synthetic_dataset(&dir.path().join("data"), 120);
+    common::category_images(&data);
+    let base = checkpoint(dir.path(), true);
+    let opts = TrainOptions {
+        objective: Objective::Micl,
+        train_layers: 1,
+        embedding_dim: 32,
+        pairs_per_step: 8,
+        epochs: 2.0,
+        lr: 3e-3,
+        warmup_share: 0.1,
+        val_pairs: 40,
+        val_pool: 120,
+        recall_k: vec![1, 10],
+        save_every: 0,
+        model_version: "tiny-micl".into(),
+        ..TrainOptions::default()
+    };
+    // A text base is refused for mICL, a multimodal one for the text objectives.
+    let out = dir.path().join("out");
+    let err = Trainer::new(&data, &dir.path().join("text"), &out, &Device::Cpu, opts.clone()).err().unwrap();
+    assert!(err.to_string().contains("needs a multimodal base"), "{err}");
+    let text_opts = TrainOptions { objective: Objective::NoteLlm, ..opts.clone() };
+    let err = Trainer::new(&data, &base, &out, &Device::Cpu, text_opts).err().unwrap();
+    assert!(err.to_string().contains("--objective micl"), "{err}");
+
+    let mut t = Trainer::new(&data, &base, &out, &Device::Cpu, opts).unwrap();
+    let summary = t.run(None).unwrap();
+    let first: f64 = summary.losses.iter().take(3).map(|l| l.1).sum::<f64>() / 3.0;
+    let last: f64 = summary.losses.iter().rev().take(3).map(|l| l.1).sum::<f64>() / 3.0;
+    eprintln!("mICL loss {first:.4} -> {last:.4}; validation {:?}", summary.history.last().map(|v| &v.recall));
+    assert!(last < first * 0.9, "loss did not fall: {first} -> {last}");
+    assert!(!summary.history.is_empty(), "no validation ran");
+
+    // The checkpoint is multimodal, loads as one and embeds; its connector moved.
+    let served = MultimodalNoteLlm::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(served.text().version().0, "tiny-micl");
+    let before = candle_core::safetensors::load(base.join("multimodal.safetensors"), &Device::Cpu).unwrap();
+    let after = candle_core::safetensors::load(out.join("multimodal.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(before.len(), after.len());
+    let moved = |name: &str| {
+        let d = (&before[name] - &after[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        d > 0.0
+    };
+    assert!(moved("qformer.query_tokens") && moved("fusion.w_g.weight") && moved("img_emb_token"));
+    let img = features(2, 0.3);
+    let embedded = served.embed(&[note("A", "first"), note("B", "second")], &img).unwrap();
+    assert!(embedded.iter().all(|e| e.note.as_slice().iter().all(|x| x.is_finite())));
+
+    // `notellm eval` ranks with it (each pool note with its image).
+    use notellm_offline::commands::eval::{run, EvalOptions, System};
+    let eval_opts = EvalOptions {
+        part: notellm_offline::data::Part::Test,
+        ks: vec![10],
+        buckets: notellm_offline::eval::Buckets::default(),
+        batch_size: 8,
+        generation_sample: 0,
+        seed: 1,
+        fusion: false,
+        vote_pool: 0,
+        vote_k: 10,
+    };
+    let system = System::NoteLlm { name: "NoteLLM-2 tiny".into(), dir: out.clone() };
+    let table = run(&data, &[system], &Device::Cpu, &eval_opts).unwrap().to_json();
+    let r10 = table["rows"][0]["recall"][0].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&r10) && table["rows"][0]["name"] == "NoteLLM-2 tiny", "{table}");
 }

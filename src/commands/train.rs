@@ -120,6 +120,11 @@ pub struct TrainArgs {
     /// of through a trie of the training split's hashtags (those on at least 2 notes).
     #[arg(long, env = "NOTELLM_TRAIN_OPEN_HASHTAGS")]
     pub open_hashtags: bool,
+    /// With --objective micl: the weight w of the image embeddings' contrastive loss, the total
+    /// being (1 - w) L_note + w L_img (0.1 is the paper's 9:1; 0 trains the note embedding
+    /// alone, NoteLLM-2 without mICL).
+    #[arg(long, env = "NOTELLM_TRAIN_IMAGE_WEIGHT", default_value_t = 0.1)]
+    pub image_weight: f64,
 }
 
 impl TrainArgs {
@@ -149,6 +154,7 @@ impl TrainArgs {
             save_every: self.save_every,
             model_version: self.model_version.clone(),
             open_hashtags: self.open_hashtags,
+            image_weight: self.image_weight,
         }
     }
 

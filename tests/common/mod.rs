@@ -287,3 +287,27 @@ impl Backend {
         }
     }
 }
+
+/// Writes `DIR/images/<note_id>.png` for every note of the dataset in `data`: one colour and
+/// shape per category (a vertical or a horizontal split) with per-note speckles, so that images
+/// tell a note's category and little more. Returns the images directory.
+pub fn category_images(data: &Path) -> PathBuf {
+    let ds = notellm_offline::data::Dataset::load(data).unwrap();
+    let images = data.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let mut cats: Vec<String> = ds.notes.iter().filter_map(|l| l.note.category.clone()).collect();
+    cats.sort();
+    cats.dedup();
+    for (i, line) in ds.notes.iter().enumerate() {
+        let c = cats.iter().position(|c| Some(c) == line.note.category.as_ref()).unwrap() as u32;
+        let base = [(c * 97 % 256) as u8, (c * 57 % 256) as u8, (c * 181 % 256) as u8];
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            let on = if c % 2 == 0 { x < 16 } else { y < 16 };
+            let speck = u8::from((x * 7 + y * 13 + i as u32 * 31) % 17 == 0) * 60;
+            let v = |b: u8| if on { b.saturating_add(speck) } else { 255 - b };
+            image::Rgb([v(base[0]), v(base[1]), v(base[2])])
+        });
+        img.save(images.join(format!("{}.png", line.note_id))).unwrap();
+    }
+    images
+}

@@ -38,7 +38,7 @@ use crate::decoder::{Decoder, PaddedBatch, Padding};
 use crate::error::{ModelError, Result};
 use crate::prompt::{self, Variant};
 use crate::vision::VisionEncoder;
-use crate::NoteLlm;
+use crate::{NoteLlm, NoteLlmConfig, NoteTokenizer};
 use fusion::{LateFusion, VisualProjection};
 use notellm_note::{Embedding, Note};
 pub use qformer::{QFormer, QFormerConfig};
@@ -168,9 +168,9 @@ impl MiclLayout {
 }
 
 impl MiclPrompt {
-    pub fn new(text: &NoteLlm) -> Result<Self> {
-        let bos = text.config().bos_token.as_deref().unwrap_or("");
-        let tok = text.tokenizer();
+    /// The constant parts for a checkpoint's tokenizer and `notellm.json`.
+    pub fn new(tok: &NoteTokenizer, cfg: &NoteLlmConfig) -> Result<Self> {
+        let bos = cfg.bos_token.as_deref().unwrap_or("");
         let before_image = tok.encode(&format!("{bos}{IMAGE_INSTRUCTION} {{'image': "))?;
         let after_image = tok.encode(&format!("}}. {}", prompt::EMB_CUE))?;
         if after_image.is_empty() {
@@ -181,11 +181,10 @@ impl MiclPrompt {
 
     /// The note half's token ids: `". ` and the category prompt without BOS, ending right
     /// before `[EMB]`.
-    pub fn note_ids(&self, text: &NoteLlm, note: &Note) -> Result<Vec<u32>> {
-        let tok = text.tokenizer();
+    pub fn note_ids(&self, tok: &NoteTokenizer, cfg: &NoteLlmConfig, note: &Note) -> Result<Vec<u32>> {
         let mut specials = tok.specials().clone();
         specials.bos = None;
-        let p = prompt::render(note, Variant::Category, text.limits(), &specials, tok);
+        let p = prompt::render(note, Variant::Category, cfg.limits(), &specials, tok);
         let mut ids = tok.encode(&format!("\". {}", p.through_emb))?;
         match ids.iter().rposition(|&t| t == tok.emb_id) {
             Some(pos) if pos > 0 => {
@@ -194,7 +193,7 @@ impl MiclPrompt {
             }
             _ => Err(ModelError::Tokenizer(format!(
                 "the tokenizer did not produce the {} token for the mICL prompt",
-                text.config().emb_token
+                cfg.emb_token
             ))),
         }
     }
@@ -313,7 +312,7 @@ impl MultimodalNoteLlm {
         connector: Connector,
         cfg: MultimodalConfig,
     ) -> Result<Self> {
-        let prompt = MiclPrompt::new(&text)?;
+        let prompt = MiclPrompt::new(text.tokenizer(), text.config())?;
         tracing::info!(
             encoder = %encoder.config().architecture,
             width = encoder.config().width,
@@ -349,13 +348,16 @@ impl MultimodalNoteLlm {
 
     /// The mICL layout of `note` (for tests and diagnostics).
     pub fn layout(&self, note: &Note) -> Result<MiclLayout> {
-        let ids = self.prompt.note_ids(&self.text, note)?;
+        let ids = self.prompt.note_ids(self.text.tokenizer(), self.text.config(), note)?;
         Ok(self.prompt.layout(self.connector.queries(), &ids))
     }
 
     /// Fused states of notes with their images' features, before the head.
     pub fn states(&self, notes: &[Note], image: &Tensor) -> Result<MiclStates> {
-        let ids = notes.iter().map(|n| self.prompt.note_ids(&self.text, n)).collect::<Result<Vec<_>>>()?;
+        let ids = notes
+            .iter()
+            .map(|n| self.prompt.note_ids(self.text.tokenizer(), self.text.config(), n))
+            .collect::<Result<Vec<_>>>()?;
         micl_forward(self.text.decoder(), &self.prompt, &self.connector, &ids, image, self.text.tokenizer().pad_id)
     }
 

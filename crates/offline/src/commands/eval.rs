@@ -187,6 +187,17 @@ pub fn run(
                 let encode = started.elapsed().as_secs_f64();
                 (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }
+            System::NoteLlm { dir, .. } if notellm_model::CheckpointFiles::open(dir)?.notellm.multimodal.is_some() => {
+                // NoteLLM-2: every pool note with its image; retrieval only.
+                let model = notellm_model::multimodal::MultimodalNoteLlm::load(dir, device)?;
+                let images = crate::eval::images::load_images(&data, &ids)?;
+                let cache_root = notellm_artifacts::fetch::default_cache_dir().join("image-features");
+                let cache = notellm_model::features::FeatureCache::open(&cache_root, model.encoder())?;
+                let embs =
+                    crate::eval::images::multimodal_embeddings(&model, Some(&cache), &notes, &images, opts.batch_size)?;
+                let encode = started.elapsed().as_secs_f64();
+                (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
+            }
             System::NoteLlm { dir, .. } => {
                 let model = NoteLlm::load(dir, device)?;
                 let embs = crate::eval::embed_notellm(&model, &notes, opts.batch_size)?;

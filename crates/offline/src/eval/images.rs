@@ -18,8 +18,9 @@ use crate::data::Dataset;
 use crate::eval::{EvalError, Result};
 use notellm_model::features::{features_of, FeatureCache};
 use notellm_model::image_input::{decode, ImageHash, ImageInput, ImageLimits};
+use notellm_model::multimodal::MultimodalNoteLlm;
 use notellm_model::vision::VisionEncoder;
-use notellm_note::{Embedding, NoteId};
+use notellm_note::{Embedding, Note, NoteId};
 
 /// The table row of the pixel control.
 pub const PIXELS_NAME: &str = "16x16 raw pixels (image only)";
@@ -107,6 +108,33 @@ pub fn encoder_embeddings(
     cls.into_iter()
         .map(|v| Embedding::normalised(v).map_err(|e| EvalError::Input(format!("encoder feature: {e}"))))
         .collect()
+}
+
+/// NoteLLM-2's note embeddings (mICL prompt with the image, late fusion) of `notes`, each with
+/// its image; features through `cache`, `batch` notes per forward pass.
+pub fn multimodal_embeddings(
+    model: &MultimodalNoteLlm,
+    cache: Option<&FeatureCache>,
+    notes: &[Note],
+    images: &[ImageInput],
+    batch: usize,
+) -> Result<Vec<Embedding>> {
+    if notes.len() != images.len() {
+        return Err(EvalError::Input(format!("{} notes but {} images", notes.len(), images.len())));
+    }
+    let named: Vec<(ImageHash, &image::DynamicImage)> = images.iter().map(|i| (i.hash, &i.image)).collect();
+    let (hidden, encoded) = features_of(model.encoder(), cache, &named, batch)?;
+    tracing::info!(images = images.len(), encoded, "image features");
+    let bar = crate::progress::bar("NoteLLM-2 embed", notes.len() as u64);
+    let mut out = Vec::with_capacity(notes.len());
+    for (i, chunk) in notes.chunks(batch.max(1)).enumerate() {
+        let start = i * batch.max(1);
+        let feats = hidden.narrow(0, start, chunk.len())?.to_device(model.encoder().device())?;
+        out.extend(model.embed(chunk, &feats)?.into_iter().map(|e| e.note));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 #[cfg(test)]

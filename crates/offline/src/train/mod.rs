@@ -7,6 +7,7 @@ pub mod examples;
 pub mod frozen;
 pub mod lm;
 pub mod loss;
+pub mod micl;
 pub mod model;
 pub mod notellm;
 pub mod objective;

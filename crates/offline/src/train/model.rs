@@ -30,6 +30,8 @@ use super::examples::Example;
 use super::frozen::{self, DiskCache, FrozenCache, FrozenStats};
 use notellm_model::checkpoint::write_checkpoint;
 use notellm_model::config::EMB_HEAD_TENSOR;
+use notellm_model::multimodal::{Connector, MiclPrompt, MultimodalConfig, CONNECTOR_WEIGHTS_FILE};
+use notellm_model::vision::VisionEncoder;
 use notellm_model::{
     CheckpointFiles, Decoder, KvCache, ModelError, NoteLlmConfig, NoteTokenizer, PaddedBatch, Padding, Result,
 };
@@ -86,7 +88,28 @@ pub struct TrainableModel {
     frozen: FrozenCache,
     cache_on: bool,
     device: Device,
+    /// NoteLLM-2: the connector (trained) and the image encoder (frozen), when the base is a
+    /// multimodal checkpoint.
+    multimodal: Option<MultimodalParts>,
 }
+
+/// The multimodal half of a base checkpoint being trained.
+#[derive(Debug)]
+pub struct MultimodalParts {
+    pub cfg: MultimodalConfig,
+    /// The connector over this model's variables (its tensors are the `mm.*` vars).
+    pub connector: Connector,
+    pub encoder: VisionEncoder,
+    pub prompt: MiclPrompt,
+    /// The base checkpoint's directory (its encoder is copied from there).
+    pub dir: std::path::PathBuf,
+}
+
+/// A trained variable: its name, the variable, whether weight decay applies.
+pub type TrainedVar = (String, Var, bool);
+
+/// Prefix of the connector's variables among the trained ones.
+pub const MM_PREFIX: &str = "mm.";
 
 impl TrainableModel {
     pub fn load(dir: &Path, device: &Device, opts: &ModelOptions) -> Result<Self> {
@@ -118,6 +141,18 @@ impl TrainableModel {
         let vb = VarBuilder::from_backend(Box::new(overlay), DType::F32, device.clone());
         let mut decoder = Decoder::load(&cfg, vb)?;
         decoder.set_trainable_from(from);
+        let tokenizer = NoteTokenizer::load(&files.tokenizer, &files.notellm, cfg.vocab_size)?;
+        let multimodal = match &files.notellm.multimodal {
+            Some(mm) => {
+                // The visual tokens enter at layer 0: every layer's ops must pass gradients back
+                // to them (only the top layers' weights are variables).
+                decoder.set_trainable_from(0);
+                let (parts, mm_vars) = load_multimodal(dir, mm, &files.notellm, &tokenizer, cfg.hidden_size, device)?;
+                vars.extend(mm_vars);
+                Some(parts)
+            }
+            None => None,
+        };
         let h = cfg.hidden_size;
         let head = match base.get(EMB_HEAD_TENSOR) {
             Some(t) if t.dims() == [opts.embedding_dim, h] => t.to_device(device)?,
@@ -128,14 +163,14 @@ impl TrainableModel {
         vars.push((EMB_HEAD_TENSOR.to_owned(), head.clone(), true));
         vars.push((TAU.to_owned(), tau.clone(), false));
         vars.sort_by(|a, b| a.0.cmp(&b.0));
-        let tokenizer = NoteTokenizer::load(&files.tokenizer, &files.notellm, cfg.vocab_size)?;
         let params: usize = vars.iter().map(|(_, v, _)| v.elem_count()).sum();
         tracing::info!(
             dir = %dir.display(),
             layers = cfg.num_layers,
             trained_layers = cfg.num_layers - from,
             trainable_params_m = params as f64 / 1e6,
-            cache_frozen = opts.cache_frozen && from > 0,
+            cache_frozen = opts.cache_frozen && from > 0 && multimodal.is_none(),
+            multimodal = multimodal.is_some(),
             "training model loaded"
         );
         Ok(Self {
@@ -148,9 +183,21 @@ impl TrainableModel {
             tokenizer,
             from,
             frozen: FrozenCache::default(),
-            cache_on: opts.cache_frozen && from > 0,
+            // States after the visual tokens depend on the connector: nothing is frozen.
+            cache_on: opts.cache_frozen && from > 0 && multimodal.is_none(),
             device: device.clone(),
+            multimodal,
         })
+    }
+
+    /// The multimodal parts, when the base is a NoteLLM-2 checkpoint.
+    pub fn multimodal(&self) -> Option<&MultimodalParts> {
+        self.multimodal.as_ref()
+    }
+
+    /// The embedding head `[d, hidden]`.
+    pub fn head(&self) -> &Tensor {
+        self.head.as_tensor()
     }
 
     pub fn tokenizer(&self) -> &NoteTokenizer {
@@ -480,13 +527,67 @@ impl TrainableModel {
 
     /// Writes a full checkpoint (base tensors with the trained ones replaced, plus the head)
     /// that `NoteLlm::load` and the service read unchanged.
+    /// A multimodal base also gets its connector (`multimodal.safetensors`) and a copy of its
+    /// encoder directory.
     pub fn save_checkpoint(&self, dir: &Path, notellm: &NoteLlmConfig) -> Result<()> {
         let mut tensors = self.base.clone();
-        tensors.extend(self.trained_tensors()?);
+        let mut connector = HashMap::new();
+        for (name, t) in self.trained_tensors()? {
+            match name.strip_prefix(MM_PREFIX) {
+                Some(inner) => {
+                    connector.insert(inner.to_owned(), t);
+                }
+                None => {
+                    tensors.insert(name, t);
+                }
+            }
+        }
         let tokenizer = std::fs::read_to_string(&self.files.tokenizer)
             .map_err(|source| ModelError::Io { path: self.files.tokenizer.clone(), source })?;
-        write_checkpoint(dir, &self.files.decoder, notellm, &tokenizer, &tensors, 1)
+        write_checkpoint(dir, &self.files.decoder, notellm, &tokenizer, &tensors, 1)?;
+        if let Some(mm) = &self.multimodal {
+            candle_core::safetensors::save(&connector, dir.join(CONNECTOR_WEIGHTS_FILE))?;
+            let (from, to) = (mm.dir.join(&mm.cfg.vision), dir.join(&mm.cfg.vision));
+            if from != to {
+                std::fs::create_dir_all(&to).map_err(|source| ModelError::Io { path: to.clone(), source })?;
+                for file in [notellm_model::vision::VISION_CONFIG_FILE, notellm_model::vision::VISION_WEIGHTS_FILE] {
+                    let dest = to.join(file);
+                    std::fs::copy(from.join(file), &dest).map_err(|source| ModelError::Io { path: dest, source })?;
+                }
+            }
+        }
+        Ok(())
     }
+}
+
+/// The connector of a multimodal base as variables (named `mm.<tensor>`), the frozen encoder
+/// and the mICL prompt.
+fn load_multimodal(
+    dir: &Path,
+    cfg: &MultimodalConfig,
+    notellm: &NoteLlmConfig,
+    tokenizer: &NoteTokenizer,
+    hidden: usize,
+    device: &Device,
+) -> Result<(MultimodalParts, Vec<TrainedVar>)> {
+    let encoder = VisionEncoder::load(&dir.join(&cfg.vision), device)?;
+    let weights = dir.join(CONNECTOR_WEIGHTS_FILE);
+    let mut vars = Vec::new();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (name, t) in candle_core::safetensors::load(&weights, &Device::Cpu)? {
+        let v = Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?;
+        tensors.insert(name.clone(), v.as_tensor().clone());
+        let decay = t.rank() >= 2;
+        vars.push((format!("{MM_PREFIX}{name}"), v, decay));
+    }
+    let vb = VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone());
+    let connector = Connector::new(cfg, encoder.config().width, hidden, vb).map_err(|e| ModelError::Tensor {
+        file: weights.display().to_string(),
+        tensor: "-".into(),
+        msg: e.to_string(),
+    })?;
+    let prompt = MiclPrompt::new(tokenizer, notellm)?;
+    Ok((MultimodalParts { cfg: cfg.clone(), connector, encoder, prompt, dir: dir.to_owned() }, vars))
 }
 
 /// A random projection `[d, h]` with N(0, 1/h) entries: cosine-preserving in expectation, so

@@ -249,7 +249,7 @@ fn recall_sample(
 
 /// The training pairs as note indices (those among `max_notes` dense notes, then a seeded
 /// sample of `max_pairs`).
-fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usize)>> {
+pub(crate) fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<(usize, usize)>> {
     let mut pairs: Vec<(usize, usize)> = data
         .pairs(Part::Train)
         .iter()

@@ -69,6 +69,7 @@ pub enum Objective {
     #[value(name = "notellm")]
     NoteLlm,
     Lm,
+    Micl,
 }
 
 /// Everything that decides what a run computes (saved with the state; a resume must match).
@@ -111,6 +112,14 @@ pub struct TrainOptions {
     /// listing the training split's hashtags (closed-vocabulary decoding).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub open_hashtags: bool,
+    /// The mICL objective's weight of the image embeddings' contrastive loss: the total is
+    /// `(1 - w) L_note + w L_img` (the paper's 9:1 is 0.1; 0 trains the note embedding alone).
+    #[serde(default = "default_image_weight")]
+    pub image_weight: f64,
+}
+
+fn default_image_weight() -> f64 {
+    0.1
 }
 
 impl Default for TrainOptions {
@@ -140,6 +149,7 @@ impl Default for TrainOptions {
             save_every: 50,
             model_version: "notellm".into(),
             open_hashtags: false,
+            image_weight: default_image_weight(),
         }
     }
 }
@@ -241,9 +251,25 @@ impl Trainer {
                 cache_frozen: opts.cache_frozen,
             },
         )?;
+        match (opts.objective, model.multimodal().is_some()) {
+            (Objective::Micl, false) => {
+                return Err(TrainError::Invalid(format!(
+                    "--objective micl needs a multimodal base (notellm model init-multimodal); {} is text-only",
+                    base.display()
+                )))
+            }
+            (Objective::NoteLlm | Objective::Lm, true) => {
+                return Err(TrainError::Invalid(format!(
+                    "{} is a multimodal checkpoint: train it with --objective micl",
+                    base.display()
+                )))
+            }
+            _ => {}
+        }
         let objective: Box<dyn TrainingObjective> = match opts.objective {
             Objective::NoteLlm => Box::new(NoteLlmObjective::new(&data, &model, &opts)?),
             Objective::Lm => Box::new(LmObjective::new(&data, &model, &opts)?),
+            Objective::Micl => Box::new(super::micl::MiclObjective::new(&data, &model, &opts)?),
         };
         let params = AdamWParams { weight_decay: opts.weight_decay, ..Default::default() };
         // Variables an objective gives no gradient (lm: the head and tau) stay as they are: the
