@@ -85,7 +85,6 @@ fn eval_pipeline_on_synthetic_data() {
 #[test]
 fn image_only_systems_rank_by_the_notes_images() {
     use notellm_offline::commands::eval::{run, EvalOptions, System};
-    use notellm_offline::eval::Buckets;
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_dataset(&dir.path().join("data"), 120);
     let images = common::category_images(&data);
@@ -106,15 +105,13 @@ fn image_only_systems_rank_by_the_notes_images() {
     };
     notellm_artifacts::vision::random_encoder(&encoder, &cfg, 1).unwrap();
     let opts = EvalOptions {
-        part: Part::Test,
         ks: vec![10],
-        buckets: Buckets::default(),
         batch_size: 8,
         generation_sample: 0,
         seed: 1,
         fusion: false,
         vote_pool: 0,
-        vote_k: 10,
+        ..EvalOptions::default()
     };
     let systems = vec![System::Pixels, System::ImageEncoder { dir: encoder.clone() }];
     let table = run(&data, &systems, &Device::Cpu, &opts).unwrap();

@@ -382,15 +382,13 @@ fn micl_training_lowers_its_loss_and_its_checkpoint_serves() {
     // `notellm eval` ranks with it (each pool note with its image).
     use notellm_offline::commands::eval::{run, EvalOptions, System};
     let eval_opts = EvalOptions {
-        part: notellm_offline::data::Part::Test,
         ks: vec![10],
-        buckets: notellm_offline::eval::Buckets::default(),
         batch_size: 8,
         generation_sample: 0,
         seed: 1,
         fusion: false,
         vote_pool: 0,
-        vote_k: 10,
+        ..EvalOptions::default()
     };
     let system = System::NoteLlm { name: "NoteLLM-2 tiny".into(), dir: out.clone() };
     let table = run(&data, &[system], &Device::Cpu, &eval_opts).unwrap().to_json();

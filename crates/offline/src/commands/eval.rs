@@ -78,6 +78,23 @@ pub struct EvalOptions {
     pub vote_k: usize,
 }
 
+impl Default for EvalOptions {
+    /// `notellm eval`'s defaults.
+    fn default() -> Self {
+        Self {
+            part: Part::Test,
+            ks: vec![10, 100, 1000],
+            buckets: Buckets::default(),
+            batch_size: 16,
+            generation_sample: 50,
+            seed: 42,
+            fusion: true,
+            vote_pool: 2000,
+            vote_k: 10,
+        }
+    }
+}
+
 /// Runs every system and returns the table (with the command line as context).
 pub fn run(
     data_dir: &Path,

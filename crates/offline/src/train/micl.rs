@@ -21,16 +21,13 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use super::loss;
 use super::model::TrainableModel;
 use super::notellm::{epoch_batches, training_pairs};
-use super::objective::{Micro, TrainingObjective};
+use super::objective::{recall_validation, validation_pool, Micro, TrainingObjective};
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
-use crate::data::{Dataset, Pair, Part};
+use crate::data::{Dataset, Pair};
 use notellm_model::features::{features_of, FeatureCache};
 use notellm_model::image_input::{decode, ImageHash, ImageLimits};
 use notellm_model::multimodal::micl_forward;
@@ -111,30 +108,10 @@ fn normalise(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&norm)?)
 }
 
-/// A seeded sample of validation pairs with images, and the pool: their notes plus other
-/// validation notes with images (as indices and ids).
+/// A seeded sample of validation pairs with images and their pool (ids and note indices).
 fn val_sample(data: &Dataset, opts: &TrainOptions) -> Option<(Vec<NoteId>, Vec<usize>, Vec<Pair>)> {
-    if opts.val_pairs == 0 {
-        return None;
-    }
     let has_image = |id: &NoteId| data.image_path(id).is_some();
-    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1));
-    let mut pairs: Vec<Pair> =
-        data.pairs(Part::Val).iter().filter(|p| has_image(&p.a) && has_image(&p.b)).cloned().collect();
-    pairs.shuffle(&mut rng);
-    pairs.truncate(opts.val_pairs);
-    if pairs.is_empty() {
-        return None;
-    }
-    let mut pool: Vec<NoteId> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
-    pool.sort();
-    pool.dedup();
-    let mut others: Vec<NoteId> =
-        data.ids(Part::Val).iter().filter(|id| has_image(id) && pool.binary_search(id).is_err()).cloned().collect();
-    others.shuffle(&mut rng);
-    let extra = opts.val_pool.saturating_sub(pool.len());
-    pool.extend(others.into_iter().take(extra));
-    pool.sort();
+    let (pool, pairs) = validation_pool(data, opts.val_pairs, opts.val_pool, opts.seed, has_image)?;
     let idx = pool.iter().filter_map(|id| data.by_id.get(id).copied()).collect();
     Some((pool, idx, pairs))
 }
@@ -240,19 +217,6 @@ impl TrainingObjective for MiclObjective {
                 embs.push(Embedding::normalised(row).map_err(|e| TrainError::Invalid(format!("validation: {e}")))?);
             }
         }
-        let opts = crate::eval::RecallOptions { ks: self.recall_k.clone(), progress: false, ..Default::default() };
-        let report = crate::eval::evaluate_dense(pool, &embs, pairs, &opts)
-            .map_err(|e| TrainError::Invalid(format!("validation: {e}")))?;
-        let recall: Vec<(usize, f64)> = report.ks.iter().copied().zip(report.recall.iter().copied()).collect();
-        let v = Validation { step, recall, pairs: pairs.len(), pool: pool.len(), lm: None };
-        tracing::info!(
-            step = v.step,
-            recall = %v.recall.iter().map(|(k, r)| format!("R@{k}={:.2}%", r * 100.0)).collect::<Vec<_>>().join(" "),
-            pairs = v.pairs,
-            pool = v.pool,
-            seconds = started.elapsed().as_secs_f64(),
-            "validation"
-        );
-        Ok(Some(v))
+        Ok(Some(recall_validation(pool, &embs, pairs, &self.recall_k, step, started)?))
     }
 }

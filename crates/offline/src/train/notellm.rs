@@ -16,14 +16,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use super::examples::{self, Example};
 use super::loss;
 use super::model::TrainableModel;
-use super::objective::{epoch_rng, seeded_sample, Micro, TrainingObjective};
+use super::objective::{epoch_rng, recall_validation, seeded_sample, validation_pool, Micro, TrainingObjective};
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
 use crate::data::{Dataset, Pair, Part};
 use notellm_model::prompt::Limits;
@@ -193,20 +191,7 @@ impl TrainingObjective for NoteLlmObjective {
         let Some(RecallSample { pool, examples, pairs }) = &self.val else { return Ok(None) };
         let started = Instant::now();
         let embs = model.embed(examples, 16)?;
-        let opts = crate::eval::RecallOptions { ks: self.recall_k.clone(), progress: false, ..Default::default() };
-        let report = crate::eval::evaluate_dense(pool, &embs, pairs, &opts)
-            .map_err(|e| TrainError::Invalid(format!("validation: {e}")))?;
-        let recall: Vec<(usize, f64)> = report.ks.iter().copied().zip(report.recall.iter().copied()).collect();
-        let v = Validation { step, recall, pairs: pairs.len(), pool: pool.len(), lm: None };
-        tracing::info!(
-            step = v.step,
-            recall = %v.recall.iter().map(|(k, r)| format!("R@{k}={:.2}%", r * 100.0)).collect::<Vec<_>>().join(" "),
-            pairs = v.pairs,
-            pool = v.pool,
-            seconds = started.elapsed().as_secs_f64(),
-            "validation"
-        );
-        Ok(Some(v))
+        Ok(Some(recall_validation(pool, &embs, pairs, &self.recall_k, step, started)?))
     }
 }
 
@@ -218,25 +203,9 @@ fn recall_sample(
     limits: Limits,
     opts: &TrainOptions,
 ) -> Result<Option<RecallSample>> {
-    if opts.val_pairs == 0 {
+    let Some((pool, pairs)) = validation_pool(data, opts.val_pairs, opts.val_pool, opts.seed, |_| true) else {
         return Ok(None);
-    }
-    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_add(1));
-    let mut pairs: Vec<Pair> = data.pairs(Part::Val).to_vec();
-    pairs.shuffle(&mut rng);
-    pairs.truncate(opts.val_pairs);
-    if pairs.is_empty() {
-        return Ok(None);
-    }
-    let mut pool: Vec<NoteId> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
-    pool.sort();
-    pool.dedup();
-    let mut others: Vec<NoteId> =
-        data.ids(Part::Val).iter().filter(|id| pool.binary_search(id).is_err()).cloned().collect();
-    others.shuffle(&mut rng);
-    let extra = opts.val_pool.saturating_sub(pool.len());
-    pool.extend(others.into_iter().take(extra));
-    pool.sort();
+    };
     let examples = pool
         .iter()
         .map(|id| {

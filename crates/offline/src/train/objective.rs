@@ -4,7 +4,8 @@
 //! schedule, gradient accumulation and clipping, the step loop, progress, saving and `--resume`.
 //!
 //! One type per objective: [`super::notellm::NoteLlmObjective`] (GCL + CSFT over related
-//! pairs) and [`super::lm::LmObjective`] (causal-LM pre-training on the training notes).
+//! pairs), [`super::lm::LmObjective`] (causal-LM pre-training on the training notes) and
+//! [`super::micl::MiclObjective`] (NoteLLM-2 on notes with images).
 
 use candle_core::backprop::GradStore;
 use rand::rngs::StdRng;
@@ -12,8 +13,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::model::TrainableModel;
-use super::trainer::{Objective, Result, Validation};
-use crate::data::Dataset;
+use super::trainer::{Objective, Result, TrainError, Validation};
+use crate::data::{Dataset, Pair, Part};
 use notellm_note::NoteId;
 
 /// One objective of `notellm train`. Its training items (pairs, notes) are its own; the
@@ -102,6 +103,63 @@ pub(crate) fn mean_parts(micro: &[Vec<(&'static str, f64)>]) -> Vec<(&'static st
         }
     }
     sums.into_iter().map(|(n, s, c)| (n, s / c as f64)).collect()
+}
+
+/// A seeded sample of at most `max_pairs` validation pairs whose notes pass `keep`, and the
+/// pool they are ranked in: their notes plus other validation notes that pass `keep`, up to
+/// `pool_size`, sorted (`None` when no pair is left).
+pub(crate) fn validation_pool(
+    data: &Dataset,
+    max_pairs: usize,
+    pool_size: usize,
+    seed: u64,
+    keep: impl Fn(&NoteId) -> bool,
+) -> Option<(Vec<NoteId>, Vec<Pair>)> {
+    if max_pairs == 0 {
+        return None;
+    }
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(1));
+    let mut pairs: Vec<Pair> = data.pairs(Part::Val).iter().filter(|p| keep(&p.a) && keep(&p.b)).cloned().collect();
+    pairs.shuffle(&mut rng);
+    pairs.truncate(max_pairs);
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut pool: Vec<NoteId> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+    pool.sort();
+    pool.dedup();
+    let mut others: Vec<NoteId> =
+        data.ids(Part::Val).iter().filter(|id| keep(id) && pool.binary_search(id).is_err()).cloned().collect();
+    others.shuffle(&mut rng);
+    let extra = pool_size.saturating_sub(pool.len());
+    pool.extend(others.into_iter().take(extra));
+    pool.sort();
+    Some((pool, pairs))
+}
+
+/// Recall@k of `embs` (one per `pool` note) on `pairs`, as the validation of `step`, logged.
+pub(crate) fn recall_validation(
+    pool: &[NoteId],
+    embs: &[notellm_note::Embedding],
+    pairs: &[Pair],
+    ks: &[usize],
+    step: u64,
+    started: std::time::Instant,
+) -> Result<Validation> {
+    let opts = crate::eval::RecallOptions { ks: ks.to_vec(), progress: false, ..Default::default() };
+    let report = crate::eval::evaluate_dense(pool, embs, pairs, &opts)
+        .map_err(|e| TrainError::Invalid(format!("validation: {e}")))?;
+    let recall: Vec<(usize, f64)> = report.ks.iter().copied().zip(report.recall.iter().copied()).collect();
+    let v = Validation { step, recall, pairs: pairs.len(), pool: pool.len(), lm: None };
+    tracing::info!(
+        step = v.step,
+        recall = %v.recall.iter().map(|(k, r)| format!("R@{k}={:.2}%", r * 100.0)).collect::<Vec<_>>().join(" "),
+        pairs = v.pairs,
+        pool = v.pool,
+        seconds = started.elapsed().as_secs_f64(),
+        "validation"
+    );
+    Ok(v)
 }
 
 #[cfg(test)]
