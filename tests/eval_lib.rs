@@ -84,7 +84,7 @@ fn eval_pipeline_on_synthetic_data() {
 /// `run`; a pool note without an image is named.
 #[test]
 fn image_only_systems_rank_by_the_notes_images() {
-    use notellm_offline::commands::eval::{run, EvalOptions, System};
+    use notellm_offline::commands::eval::{run, System};
     let dir = tempfile::tempdir().unwrap();
     let data = synthetic_dataset(&dir.path().join("data"), 120);
     let images = common::category_images(&data);
@@ -104,15 +104,7 @@ fn image_only_systems_rank_by_the_notes_images() {
         source: "random (tests/eval_lib.rs)".into(),
     };
     notellm_artifacts::vision::random_encoder(&encoder, &cfg, 1).unwrap();
-    let opts = EvalOptions {
-        ks: vec![10],
-        batch_size: 8,
-        generation_sample: 0,
-        seed: 1,
-        fusion: false,
-        vote_pool: 0,
-        ..EvalOptions::default()
-    };
+    let opts = common::quick_eval_options();
     let systems = vec![System::Pixels, System::ImageEncoder { dir: encoder.clone() }];
     let table = run(&data, &systems, &Device::Cpu, &opts).unwrap();
     let json = table.to_json();

@@ -380,16 +380,8 @@ fn micl_training_lowers_its_loss_and_its_checkpoint_serves() {
     assert!(embedded.iter().all(|e| e.note.as_slice().iter().all(|x| x.is_finite())));
 
     // `notellm eval` ranks with it (each pool note with its image).
-    use notellm_offline::commands::eval::{run, EvalOptions, System};
-    let eval_opts = EvalOptions {
-        ks: vec![10],
-        batch_size: 8,
-        generation_sample: 0,
-        seed: 1,
-        fusion: false,
-        vote_pool: 0,
-        ..EvalOptions::default()
-    };
+    use notellm_offline::commands::eval::{run, System};
+    let eval_opts = common::quick_eval_options();
     let system = System::NoteLlm { name: "NoteLLM-2 tiny".into(), dir: out.clone() };
     let table = run(&data, &[system], &Device::Cpu, &eval_opts).unwrap().to_json();
     let r10 = table["rows"][0]["recall"][0].as_f64().unwrap();

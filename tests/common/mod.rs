@@ -311,3 +311,16 @@ pub fn category_images(data: &Path) -> PathBuf {
     }
     images
 }
+
+/// `notellm eval`'s options for a quick test run: R@10 only, no generation, no votes, no fusion.
+pub fn quick_eval_options() -> notellm_offline::commands::eval::EvalOptions {
+    notellm_offline::commands::eval::EvalOptions {
+        ks: vec![10],
+        batch_size: 8,
+        generation_sample: 0,
+        seed: 1,
+        fusion: false,
+        vote_pool: 0,
+        ..Default::default()
+    }
+}

@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::loss;
 use super::model::TrainableModel;
-use super::notellm::{epoch_batches, training_pairs};
+use super::notellm::{epoch_batches, pair_batch_notes, training_pairs};
 use super::objective::{recall_validation, validation_pool, Micro, TrainingObjective};
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
 use crate::data::{Dataset, Pair};
@@ -134,8 +134,7 @@ impl TrainingObjective for MiclObjective {
     }
 
     fn batch_notes(&self, data: &Dataset, batch: &[usize]) -> Vec<NoteId> {
-        let id = |i: usize| data.notes[i].note_id.clone();
-        batch.iter().flat_map(|&p| [id(self.pairs[p].0), id(self.pairs[p].1)]).collect()
+        pair_batch_notes(data, &self.pairs, batch)
     }
 
     /// Every image the run uses through the frozen encoder (cached on disk), and every note's

@@ -107,8 +107,7 @@ impl TrainingObjective for NoteLlmObjective {
     }
 
     fn batch_notes(&self, data: &Dataset, batch: &[usize]) -> Vec<NoteId> {
-        let id = |i: usize| data.notes[i].note_id.clone();
-        batch.iter().flat_map(|&p| [id(self.pairs[p].0), id(self.pairs[p].1)]).collect()
+        pair_batch_notes(data, &self.pairs, batch)
     }
 
     /// The frozen layers over every training and validation sequence this run will use (when
@@ -238,6 +237,12 @@ pub(crate) fn training_pairs(data: &Dataset, opts: &TrainOptions) -> Result<Vec<
         )));
     }
     Ok(pairs)
+}
+
+/// The notes of a batch of pair indices, `a` then `b` of each pair.
+pub(crate) fn pair_batch_notes(data: &Dataset, pairs: &[(usize, usize)], batch: &[usize]) -> Vec<NoteId> {
+    let id = |i: usize| data.notes[i].note_id.clone();
+    batch.iter().flat_map(|&p| [id(pairs[p].0), id(pairs[p].1)]).collect()
 }
 
 /// Batches of pair indices for `epoch`: a seeded shuffle, then greedy filling that defers a
