@@ -89,20 +89,7 @@ fn image_only_systems_rank_by_the_notes_images() {
     let data = synthetic_dataset(&dir.path().join("data"), 120);
     let images = common::category_images(&data);
     let encoder = dir.path().join("encoder");
-    let cfg = notellm_model::vision::VisionConfig {
-        architecture: "dinov2".into(),
-        image_size: 28,
-        patch_size: 14,
-        width: 16,
-        depth: 1,
-        heads: 2,
-        mlp_ratio: 2,
-        layer_norm_eps: 1e-6,
-        pos_grid: 2,
-        mean: [0.5; 3],
-        std: [0.25; 3],
-        source: "random (tests/eval_lib.rs)".into(),
-    };
+    let cfg = common::tiny_vision();
     notellm_artifacts::vision::random_encoder(&encoder, &cfg, 1).unwrap();
     let opts = common::quick_eval_options();
     let systems = vec![System::Pixels, System::ImageEncoder { dir: encoder.clone() }];

@@ -17,23 +17,6 @@ use notellm_model::vision::VisionConfig;
 use notellm_model::{CheckpointFiles, NoteLlm};
 use notellm_note::Note;
 
-fn tiny_vision() -> VisionConfig {
-    VisionConfig {
-        architecture: "dinov2".into(),
-        image_size: 28,
-        patch_size: 14,
-        width: 16,
-        depth: 2,
-        heads: 2,
-        mlp_ratio: 2,
-        layer_norm_eps: 1e-6,
-        pos_grid: 3,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-        source: "random (tests/multimodal.rs)".into(),
-    }
-}
-
 fn qformer() -> QFormerConfig {
     QFormerConfig { hidden: 16, layers: 2, heads: 2, ffn: 32, queries: 4, cross_every: 2, layer_norm_eps: 1e-12 }
 }
@@ -42,7 +25,7 @@ fn qformer() -> QFormerConfig {
 fn checkpoint(dir: &Path, late_fusion: bool) -> PathBuf {
     let text = common::tiny_model(dir, "text", Family::Llama, 1);
     let vision = dir.join("vision");
-    notellm_artifacts::vision::random_encoder(&vision, &tiny_vision(), 3).unwrap();
+    notellm_artifacts::vision::random_encoder(&vision, &common::tiny_vision(), 3).unwrap();
     let out = dir.join("mm");
     let opts = MultimodalInit { qformer: Some(qformer()), late_fusion, model_version: None };
     init_multimodal(&text, &vision, &out, &opts).unwrap();
@@ -60,7 +43,7 @@ fn note(title: &str, content: &str) -> Note {
 
 /// Random image features `[b, tokens, width]` as the encoder would store them.
 fn features(b: usize, seed: f32) -> Tensor {
-    let cfg = tiny_vision();
+    let cfg = common::tiny_vision();
     let n = b * cfg.tokens() * cfg.width;
     let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37 + seed).sin() * 1.7).collect();
     Tensor::from_vec(v, (b, cfg.tokens(), cfg.width), &Device::Cpu).unwrap()
@@ -287,8 +270,8 @@ fn encoder_features_are_cached_per_encoder_and_image() {
     use notellm_model::vision::VisionEncoder;
     let dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
-    notellm_artifacts::vision::random_encoder(&a_dir, &tiny_vision(), 3).unwrap();
-    notellm_artifacts::vision::random_encoder(&b_dir, &tiny_vision(), 4).unwrap();
+    notellm_artifacts::vision::random_encoder(&a_dir, &common::tiny_vision(), 3).unwrap();
+    notellm_artifacts::vision::random_encoder(&b_dir, &common::tiny_vision(), 4).unwrap();
     let a = VisionEncoder::load(&a_dir, &Device::Cpu).unwrap();
     let b = VisionEncoder::load(&b_dir, &Device::Cpu).unwrap();
     let root = dir.path().join("cache");
@@ -322,7 +305,8 @@ fn encoder_features_are_cached_per_encoder_and_image() {
     assert_eq!(features_of(&a, Some(&ca), &named, 2).unwrap().1, 1);
     // An encoder built in memory has no fingerprint to cache under.
     let vm = VarMap::new();
-    let mem = VisionEncoder::new(tiny_vision(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    let mem =
+        VisionEncoder::new(common::tiny_vision(), VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     assert!(FeatureCache::open(&root, &mem).is_err());
 }
 

@@ -324,3 +324,21 @@ pub fn quick_eval_options() -> notellm_offline::commands::eval::EvalOptions {
         ..Default::default()
     }
 }
+
+/// A tiny DINOv2 configuration (28 px, width 16, 2 blocks: 5 tokens) for random encoders.
+pub fn tiny_vision() -> notellm_model::vision::VisionConfig {
+    notellm_model::vision::VisionConfig {
+        architecture: "dinov2".into(),
+        image_size: 28,
+        patch_size: 14,
+        width: 16,
+        depth: 2,
+        heads: 2,
+        mlp_ratio: 2,
+        layer_norm_eps: 1e-6,
+        pos_grid: 3,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+        source: "random (tests/common)".into(),
+    }
+}

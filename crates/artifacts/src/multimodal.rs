@@ -69,7 +69,7 @@ pub fn init_multimodal(text: &Path, vision: &Path, out: &Path, opts: &Multimodal
         late_fusion: opts.late_fusion,
     };
     copy_files(text, &tmp, &[NOTELLM_FILE])?;
-    copy_files(vision, &tmp.join(VISION_SUBDIR), &[])?;
+    crate::vision::copy_encoder(vision, &tmp.join(VISION_SUBDIR))?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     Connector::new(&cfg, vcfg.width, files.decoder.hidden_size, vb)?;

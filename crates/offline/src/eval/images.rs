@@ -12,12 +12,10 @@
 //!
 //! Every note of the pool must have an image; the first one without is named.
 
-use std::path::Path;
-
 use crate::data::Dataset;
 use crate::eval::{EvalError, Result};
 use notellm_model::features::{features_of, FeatureCache};
-use notellm_model::image_input::{decode, ImageHash, ImageInput, ImageLimits};
+use notellm_model::image_input::{ImageHash, ImageInput};
 use notellm_model::multimodal::MultimodalNoteLlm;
 use notellm_model::vision::VisionEncoder;
 use notellm_note::{Embedding, Note, NoteId};
@@ -27,27 +25,14 @@ pub const PIXELS_NAME: &str = "16x16 raw pixels (image only)";
 /// Side of the pixel control's grid.
 pub const PIXEL_GRID: u32 = 16;
 
-/// Generous bounds for dataset images (they are the project's own files, not a client's).
-const DATASET_IMAGES: ImageLimits = ImageLimits { max_bytes: 64 << 20, max_side: 16_384 };
-
-/// The images of `ids`, read and decoded; an error names the first note without one.
+/// The images of `ids` ([`Dataset::image`]); an error names the first note without one.
 pub fn load_images(data: &Dataset, ids: &[NoteId]) -> Result<Vec<ImageInput>> {
     ids.iter()
         .map(|id| {
-            let path = data.image_path(id).ok_or_else(|| {
-                EvalError::Input(format!(
-                    "note {id} has no image in {}: image-only systems need one per note",
-                    data.dir.display()
-                ))
-            })?;
-            open(&path)
+            data.image(id)
+                .map_err(|e| EvalError::Input(format!("{e}: image-only and multimodal systems need one per note")))
         })
         .collect()
-}
-
-fn open(path: &Path) -> Result<ImageInput> {
-    let bytes = std::fs::read(path).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))?;
-    decode(&bytes, &DATASET_IMAGES).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))
 }
 
 /// The pixel control's vector of one image: 16 x 16 cells x RGB, centred on its mean.

@@ -28,13 +28,10 @@ use super::notellm::{epoch_batches, pair_batch_notes, training_pairs};
 use super::objective::{recall_validation, validation_pool, Micro, TrainingObjective};
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
 use crate::data::{Dataset, Pair};
-use notellm_model::features::{features_of, FeatureCache};
-use notellm_model::image_input::{decode, ImageHash, ImageLimits};
+use notellm_model::features::features_of;
+use notellm_model::image_input::ImageHash;
 use notellm_model::multimodal::micl_forward;
 use notellm_note::{Embedding, NoteId};
-
-/// Images of a dataset are the project's own files: generous bounds.
-const DATASET_IMAGES: ImageLimits = ImageLimits { max_bytes: 64 << 20, max_side: 16_384 };
 
 /// Images per encoder pass in the precompute.
 const ENCODE_BATCH: usize = 8;
@@ -148,18 +145,9 @@ impl TrainingObjective for MiclObjective {
         notes.sort_unstable();
         notes.dedup();
         let started = Instant::now();
-        let mut images = Vec::with_capacity(notes.len());
-        for &n in &notes {
-            let id = &data.notes[n].note_id;
-            let path = data.image_path(id).ok_or_else(|| TrainError::Invalid(format!("note {id} has no image")))?;
-            let bytes = std::fs::read(&path).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-            let img =
-                decode(&bytes, &DATASET_IMAGES).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-            images.push((img.hash, img.image));
-        }
-        let cache =
-            FeatureCache::open(&notellm_artifacts::fetch::default_cache_dir().join("image-features"), &mm.encoder)?;
-        let named: Vec<(ImageHash, &image::DynamicImage)> = images.iter().map(|(h, i)| (*h, i)).collect();
+        let images = notes.iter().map(|&n| Ok(data.image(&data.notes[n].note_id)?)).collect::<Result<Vec<_>>>()?;
+        let cache = notellm_artifacts::vision::feature_cache(&mm.encoder)?;
+        let named: Vec<(ImageHash, &image::DynamicImage)> = images.iter().map(|i| (i.hash, &i.image)).collect();
         let (feats, encoded) = features_of(&mm.encoder, Some(&cache), &named, ENCODE_BATCH)?;
         let (tok, cfg) = (model.tokenizer(), model.base_config());
         for (row, &n) in notes.iter().enumerate() {

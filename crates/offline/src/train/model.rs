@@ -549,11 +549,7 @@ impl TrainableModel {
             candle_core::safetensors::save(&connector, dir.join(CONNECTOR_WEIGHTS_FILE))?;
             let (from, to) = (mm.dir.join(&mm.cfg.vision), dir.join(&mm.cfg.vision));
             if from != to {
-                std::fs::create_dir_all(&to).map_err(|source| ModelError::Io { path: to.clone(), source })?;
-                for file in [notellm_model::vision::VISION_CONFIG_FILE, notellm_model::vision::VISION_WEIGHTS_FILE] {
-                    let dest = to.join(file);
-                    std::fs::copy(from.join(file), &dest).map_err(|source| ModelError::Io { path: dest, source })?;
-                }
+                notellm_artifacts::vision::copy_encoder(&from, &to)?;
             }
         }
         Ok(())
