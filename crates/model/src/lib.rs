@@ -13,6 +13,7 @@ pub mod config;
 pub mod decoder;
 pub mod device;
 pub mod embed;
+pub mod encoder;
 pub mod error;
 pub mod features;
 pub mod generate;

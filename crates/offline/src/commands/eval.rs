@@ -35,7 +35,12 @@ use notellm_note::{Embedding, Note};
 #[derive(Debug, Clone, PartialEq)]
 pub enum System {
     TfIdf,
-    MiniLm,
+    /// A sentence encoder: all-MiniLM-L6-v2 zero-shot (`dir` `None`: fetched into the cache)
+    /// or a checkpoint of `notellm train --objective encoder`.
+    Encoder {
+        name: String,
+        dir: Option<PathBuf>,
+    },
     /// A NoteLLM checkpoint (the zero-shot base counts: it is one without training).
     NoteLlm {
         name: String,
@@ -50,11 +55,25 @@ pub enum System {
 }
 
 impl System {
+    /// all-MiniLM-L6-v2 zero-shot, the `minilm` baseline.
+    pub fn minilm() -> Self {
+        System::Encoder { name: MINILM_NAME.into(), dir: None }
+    }
+
+    /// A checkpoint given by path: an encoder when it is one
+    /// ([`notellm_model::encoder::is_encoder_checkpoint`]), NoteLLM otherwise.
+    pub fn checkpoint(name: String, dir: PathBuf) -> Self {
+        if notellm_model::encoder::is_encoder_checkpoint(&dir) {
+            System::Encoder { name, dir: Some(dir) }
+        } else {
+            System::NoteLlm { name, dir }
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             System::TfIdf => "TF-IDF (title + content)".into(),
-            System::MiniLm => MINILM_NAME.into(),
-            System::NoteLlm { name, .. } => name.clone(),
+            System::Encoder { name, .. } | System::NoteLlm { name, .. } => name.clone(),
             System::Pixels => crate::eval::images::PIXELS_NAME.into(),
             System::ImageEncoder { .. } => "image encoder CLS (image only)".into(),
         }
@@ -173,8 +192,11 @@ pub fn run(
                 let encode = started.elapsed().as_secs_f64();
                 (evaluate(&ids, &tfidf, pairs, &recall_opts)?, encode)
             }
-            System::MiniLm => {
-                let dir = fetch_minilm(&notellm_artifacts::fetch::default_cache_dir())?;
+            System::Encoder { dir, .. } => {
+                let dir = match dir {
+                    Some(d) => d.clone(),
+                    None => fetch_minilm(&notellm_artifacts::fetch::default_cache_dir())?,
+                };
                 let minilm = MiniLm::load(&dir, device)?;
                 let embs = minilm.embed_notes(&notes, opts.batch_size)?;
                 let encode = started.elapsed().as_secs_f64();

@@ -7,5 +7,6 @@ pub mod compress;
 pub mod dataset;
 pub mod deb822;
 pub mod debian;
+pub mod holdout;
 
 pub use dataset::{DataError, Dataset, Pair, Part, Session, Split};

@@ -13,12 +13,20 @@ use candle_core::{DType, Device, Result, Tensor, D};
 /// In-batch contrastive loss. `emb`: `[2B, d]`, rows already L2-normalised; `tau`: a scalar
 /// (the log of the logit scale, learnable).
 pub fn contrastive(emb: &Tensor, tau: &Tensor) -> Result<Tensor> {
+    contrastive_masked(emb, tau, &[])
+}
+
+/// [`contrastive`] with known partners left out of each other's negatives: for every `(i, j)`
+/// of `known` (rows of the batch that are related, other than the pair being scored), row `j`
+/// is no negative of row `i` nor `i` of `j`. A pair of rows `2k, 2k + 1` in `known` is
+/// ignored: they are each other's positive.
+pub fn contrastive_masked(emb: &Tensor, tau: &Tensor, known: &[(usize, usize)]) -> Result<Tensor> {
     let n = emb.dim(0)?;
     if n < 2 || n % 2 != 0 {
         candle_core::bail!("the contrastive loss needs an even number (>= 2) of rows, got {n}");
     }
     let sims = emb.matmul(&emb.t()?)?.broadcast_mul(&tau.exp()?)?;
-    let sims = (sims + diagonal_mask(n, emb.device())?)?;
+    let sims = (sims + negative_mask(n, known, emb.device())?)?;
     let log_p = candle_nn::ops::log_softmax(&sims, D::Minus1)?;
     // Row i's positive is its pair: i ^ 1.
     let positives: Vec<u32> = (0..n as u32).map(|i| i ^ 1).collect();
@@ -26,12 +34,22 @@ pub fn contrastive(emb: &Tensor, tau: &Tensor) -> Result<Tensor> {
     log_p.gather(&positives, 1)?.mean_all()?.neg()
 }
 
-/// `-inf`-like on the diagonal so a note is never its own negative (a large finite value keeps
+/// `-inf`-like on the diagonal so a note is never its own negative, and at both `(i, j)` and
+/// `(j, i)` of every known partner that is not row `i`'s positive (a large finite value keeps
 /// the backward pass free of NaNs).
-fn diagonal_mask(n: usize, device: &Device) -> Result<Tensor> {
+fn negative_mask(n: usize, known: &[(usize, usize)], device: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; n * n];
     for i in 0..n {
         m[i * n + i] = -1e9;
+    }
+    for &(i, j) in known {
+        if i >= n || j >= n {
+            candle_core::bail!("known partners ({i}, {j}) outside a batch of {n} rows");
+        }
+        if i != j && i ^ 1 != j {
+            m[i * n + j] = -1e9;
+            m[j * n + i] = -1e9;
+        }
     }
     Tensor::from_vec(m, (n, n), device)
 }
@@ -76,6 +94,35 @@ mod tests {
         }
         expect /= 4.0;
         assert!((loss as f64 - expect).abs() < 1e-5, "{loss} vs {expect}");
+        Ok(())
+    }
+
+    /// Rows 0-1 and 2-3 are pairs; row 2 is also a known partner of row 0. Masked, row 2 is no
+    /// negative of row 0 (nor 0 of 2), while the stranger row 3 still is.
+    #[test]
+    fn a_known_partner_is_no_negative_and_a_stranger_is() -> Result<()> {
+        let rows = [unit(&[1.0, 0.0]), unit(&[0.8, 0.6]), unit(&[0.9, 0.1]), unit(&[-0.6, 0.8])];
+        let emb = Tensor::from_vec(rows.concat(), (4, 2), &Device::Cpu)?;
+        let tau = Tensor::new(1.0f32, &Device::Cpu)?;
+        let masked = contrastive_masked(&emb, &tau, &[(0, 2)])?.to_scalar::<f32>()? as f64;
+        let scale = 1f64.exp();
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let negatives =
+            |i: usize| -> Vec<usize> { (0..4).filter(|&j| j != i && !matches!((i, j), (0, 2) | (2, 0))).collect() };
+        let mut expect = 0.0;
+        for i in 0..4 {
+            let denom: f64 = negatives(i).iter().map(|&j| (cos(&rows[i], &rows[j]) * scale).exp()).sum();
+            expect -= ((cos(&rows[i], &rows[i ^ 1]) * scale).exp() / denom).ln();
+        }
+        expect /= 4.0;
+        assert!((masked - expect).abs() < 1e-5, "{masked} vs {expect}");
+        // the masking matters here: unmasked, row 2 (close to row 0) is a hard negative
+        let plain = contrastive(&emb, &tau)?.to_scalar::<f32>()? as f64;
+        assert!(plain > masked + 0.05, "{plain} vs {masked}");
+        // a positive listed as known changes nothing; a row outside the batch is an error
+        let same = contrastive_masked(&emb, &tau, &[(0, 1), (3, 2)])?.to_scalar::<f32>()? as f64;
+        assert!((same - plain).abs() < 1e-6);
+        assert!(contrastive_masked(&emb, &tau, &[(0, 9)]).is_err());
         Ok(())
     }
 

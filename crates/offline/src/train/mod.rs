@@ -3,6 +3,7 @@
 
 pub mod mining;
 
+pub mod encoder;
 pub mod examples;
 pub mod frozen;
 pub mod lm;

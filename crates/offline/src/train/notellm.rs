@@ -6,7 +6,8 @@
 //!   notes where they are densest ([`dense_notes`]), then a seeded sample of `max_pairs`.
 //! - **Batches**: `pairs_per_step` pairs (2B notes, in-batch negatives), a seeded shuffle per
 //!   epoch filled greedily so that no note is twice in a batch (it would be its own false
-//!   negative); partial last batches are dropped.
+//!   negative); partial last batches are dropped. A note's other known partners in the batch
+//!   (any training pair) are masked out of its negatives.
 //! - **Before the first step**: the frozen layers' pass over every training and validation note
 //!   the run uses, cached in memory (and on disk when the trainer has a cache directory).
 //! - **Validation**: Recall@k of a seeded sample of validation pairs, ranked in a pool of their
@@ -21,7 +22,9 @@ use rand::seq::SliceRandom;
 use super::examples::{self, Example};
 use super::loss;
 use super::model::TrainableModel;
-use super::objective::{epoch_rng, recall_validation, seeded_sample, validation_pool, Micro, TrainingObjective};
+use super::objective::{
+    epoch_rng, known_partners, partner_set, recall_validation, seeded_sample, validation_pool, Micro, TrainingObjective,
+};
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
 use crate::data::{Dataset, Pair, Part};
 use notellm_model::prompt::Limits;
@@ -38,6 +41,8 @@ pub struct NoteLlmObjective {
     limits: Limits,
     /// Training pairs as note indices into the dataset's notes.
     pairs: Vec<(usize, usize)>,
+    /// Every training pair, both ways: known partners masked out of each other's negatives.
+    partners: HashSet<(usize, usize)>,
     /// Each note's example, built once (`None`: the note could not be rendered).
     examples: HashMap<usize, Option<Example>>,
     val: Option<RecallSample>,
@@ -65,6 +70,7 @@ impl NoteLlmObjective {
             recall_k: opts.recall_k.clone(),
             limits,
             pairs: training_pairs(data, opts)?,
+            partners: partner_set(data),
             examples: HashMap::new(),
             val: recall_sample(data, model, limits, opts)?,
         })
@@ -151,11 +157,13 @@ impl TrainingObjective for NoteLlmObjective {
         accumulation: usize,
     ) -> Result<Micro> {
         let mut exs = Vec::with_capacity(batch.len() * 2);
+        let mut notes = Vec::with_capacity(batch.len() * 2);
         for &p in batch {
             let (a, b) = self.pairs[p];
             if let (Some(ea), Some(eb)) = (self.example(data, model, a), self.example(data, model, b)) {
                 exs.push(ea);
                 exs.push(eb);
+                notes.extend([a, b]);
             }
         }
         if exs.len() < 4 {
@@ -163,7 +171,7 @@ impl TrainingObjective for NoteLlmObjective {
         }
         let refs: Vec<&Example> = exs.iter().collect();
         let f = model.forward(&refs, self.alpha > 0.0)?;
-        let cl = loss::contrastive(&f.embeddings, model.tau_tensor())?;
+        let cl = loss::contrastive_masked(&f.embeddings, model.tau_tensor(), &known_partners(&notes, &self.partners))?;
         let gen = f.generation.as_ref().map(|(l, t)| loss::generation(l, t)).transpose()?;
         let total = loss::total(&cl, gen.as_ref(), self.alpha)?;
         let grads = (&total / accumulation as f64)?.backward()?;

@@ -7,6 +7,8 @@
 //! pairs), [`super::lm::LmObjective`] (causal-LM pre-training on the training notes) and
 //! [`super::micl::MiclObjective`] (NoteLLM-2 on notes with images).
 
+use std::collections::HashSet;
+
 use candle_core::backprop::GradStore;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -70,6 +72,30 @@ pub struct Micro {
     /// Items trained: pairs (NoteLLM) or notes (lm), for the run's `trained_per_second`.
     pub trained: usize,
     pub grads: GradStore,
+}
+
+/// Every training pair of the dataset, both ways, as note indices: the known partners that a
+/// batch masks out of each other's negatives.
+pub(crate) fn partner_set(data: &Dataset) -> HashSet<(usize, usize)> {
+    data.pairs(Part::Train)
+        .iter()
+        .filter_map(|p| Some((*data.by_id.get(&p.a)?, *data.by_id.get(&p.b)?)))
+        .flat_map(|(a, b)| [(a, b), (b, a)])
+        .collect()
+}
+
+/// The rows of a batch (notes `a0, b0, a1, b1, ...`) that are known partners without being the
+/// batch's own pair: what [`super::loss::contrastive_masked`] leaves out of the negatives.
+pub(crate) fn known_partners(notes: &[usize], partners: &HashSet<(usize, usize)>) -> Vec<(usize, usize)> {
+    let mut known = Vec::new();
+    for i in 0..notes.len() {
+        for j in i + 1..notes.len() {
+            if j != (i ^ 1) && partners.contains(&(notes[i], notes[j])) {
+                known.push((i, j));
+            }
+        }
+    }
+    known
 }
 
 /// The generator of `epoch`'s shuffle.
@@ -171,6 +197,20 @@ mod tests {
         let m = vec![vec![("cl", 1.0), ("gen", 4.0)], vec![("cl", 3.0)], vec![]];
         assert_eq!(mean_parts(&m), vec![("cl", 2.0), ("gen", 4.0)]);
         assert!(mean_parts(&[]).is_empty());
+    }
+
+    #[test]
+    fn known_partners_are_found_across_pairs_but_not_within_one() {
+        // Pairs (10, 11), (12, 13), (14, 15); 10 is also related to 13, and 15 to 12 (listed one
+        // way only: the set holds both).
+        let partners: HashSet<(usize, usize)> = [(10, 11), (12, 13), (14, 15), (10, 13), (15, 12)]
+            .into_iter()
+            .flat_map(|(a, b)| [(a, b), (b, a)])
+            .collect();
+        let notes = [10, 11, 12, 13, 14, 15];
+        assert_eq!(known_partners(&notes, &partners), vec![(0, 3), (2, 5)]);
+        // a stranger is never masked
+        assert!(known_partners(&[10, 11, 20, 21], &partners).is_empty());
     }
 
     #[test]

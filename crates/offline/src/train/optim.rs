@@ -109,6 +109,20 @@ impl AdamW {
     }
 }
 
+/// The sum of two micro-batches' gradients, variable by variable (gradient accumulation).
+pub fn add_grads(mut acc: GradStore, grads: GradStore, vars: &[Var]) -> Result<GradStore> {
+    for v in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            let sum = match acc.remove(v.as_tensor()) {
+                Some(prev) => (prev + g)?,
+                None => g.clone(),
+            };
+            acc.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(acc)
+}
+
 /// Scales every gradient so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping.
 pub fn clip_grad_norm(grads: &mut GradStore, vars: &[Var], max_norm: f64) -> Result<f64> {

@@ -70,6 +70,7 @@ pub enum Objective {
     NoteLlm,
     Lm,
     Micl,
+    Encoder,
 }
 
 /// Everything that decides what a run computes (saved with the state; a resume must match).
@@ -116,6 +117,13 @@ pub struct TrainOptions {
     /// `(1 - w) L_note + w L_img` (the paper's 9:1 is 0.1; 0 trains the note embedding alone).
     #[serde(default = "default_image_weight")]
     pub image_weight: f64,
+    /// The encoder objective's token budget per note text, `[CLS]` and `[SEP]` included.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_max_len() -> usize {
+    128
 }
 
 fn default_image_weight() -> f64 {
@@ -150,6 +158,7 @@ impl Default for TrainOptions {
             model_version: "notellm".into(),
             open_hashtags: false,
             image_weight: default_image_weight(),
+            max_len: default_max_len(),
         }
     }
 }
@@ -179,14 +188,14 @@ pub struct LmValidation {
 
 /// Progress saved in `train-state/state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct State {
-    step: u64,
-    options: TrainOptions,
-    history: Vec<Validation>,
-    losses: Vec<(u64, f64)>,
+pub(crate) struct State {
+    pub(crate) step: u64,
+    pub(crate) options: TrainOptions,
+    pub(crate) history: Vec<Validation>,
+    pub(crate) losses: Vec<(u64, f64)>,
     /// One entry per invocation (a resumed run adds one).
     #[serde(default)]
-    runs: Vec<RunStats>,
+    pub(crate) runs: Vec<RunStats>,
 }
 
 /// Where one invocation's time went.
@@ -270,6 +279,12 @@ impl Trainer {
             Objective::NoteLlm => Box::new(NoteLlmObjective::new(&data, &model, &opts)?),
             Objective::Lm => Box::new(LmObjective::new(&data, &model, &opts)?),
             Objective::Micl => Box::new(super::micl::MiclObjective::new(&data, &model, &opts)?),
+            Objective::Encoder => {
+                return Err(TrainError::Invalid(
+                    "--objective encoder trains a sentence encoder (train::encoder::EncoderTrainer), not a NoteLLM checkpoint"
+                        .into(),
+                ))
+            }
         };
         let params = AdamWParams { weight_decay: opts.weight_decay, ..Default::default() };
         // Variables an objective gives no gradient (lm: the head and tau) stay as they are: the
@@ -385,18 +400,7 @@ impl Trainer {
                 let grads = m.grads;
                 acc = Some(match acc {
                     None => grads,
-                    Some(mut a) => {
-                        for v in &vars {
-                            if let Some(g) = grads.get(v.as_tensor()) {
-                                let sum = match a.remove(v.as_tensor()) {
-                                    Some(prev) => (prev + g)?,
-                                    None => g.clone(),
-                                };
-                                a.insert(v.as_tensor(), sum);
-                            }
-                        }
-                        a
-                    }
+                    Some(a) => optim::add_grads(a, grads, &vars)?,
                 });
             }
             let mut grads = acc.ok_or_else(|| TrainError::Invalid("no micro-batches".into()))?;
@@ -571,7 +575,7 @@ pub fn hashtag_vocabulary(data: &Dataset, min_notes: usize) -> Vec<String> {
     vocab
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
     std::fs::write(path, text).map_err(|source| TrainError::Io { path: path.to_owned(), source })
 }
