@@ -213,6 +213,26 @@ async fn endpoints(backend: Backend) {
     let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&too_many).send().await.unwrap()).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert_error(&v, "invalid_request");
+    // A NUL character (Postgres cannot store it): 422 on both stores, never a retryable 503, and
+    // in a batch it fails only its own note.
+    let (st, v) = put(&s, "nul", &json!({"title": "a\u{0}b", "content": "text"})).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_error(&v, "invalid_request");
+    assert!(v["error"]["message"].as_str().unwrap().contains("NUL"), "{v}");
+    let body = json!({ "notes": [
+        { "note_id": "nul1", "title": "fine", "content": "text" },
+        { "note_id": "nul2", "title": "t", "content": "x\u{0}y" },
+        { "note_id": "nul3", "title": "fine too", "hashtags": ["ok"] },
+    ]});
+    let (st, v) = json_of(s.http.post(s.url("/notes:batch")).json(&body).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let res = v["results"].as_array().unwrap();
+    let statuses: Vec<_> = res.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["created", "error", "created"], "{v}");
+    assert_eq!(res[1]["error"]["code"], "invalid_request", "{v}");
+    for (id, want) in [("nul", StatusCode::NOT_FOUND), ("nul1", StatusCode::OK), ("nul2", StatusCode::NOT_FOUND)] {
+        assert_eq!(s.http.get(s.url(&format!("/notes/{id}"))).send().await.unwrap().status(), want, "{id}");
+    }
 
     // metrics
     let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -220,7 +240,7 @@ async fn endpoints(backend: Backend) {
         text.contains("notellm_http_requests_total{method=\"PUT\",route=\"/notes/{note_id}\",status=\"201\"} 12"),
         "{text}"
     );
-    assert!(text.contains("notellm_notes_indexed 12"), "{text}");
+    assert!(text.contains("notellm_notes_indexed 14"), "{text}");
     assert!(text.contains("notellm_build_info"));
 
     // gzip for clients that accept it, except bodies that fit in one packet
@@ -304,6 +324,17 @@ async fn errors(backend: Backend) {
             "invalid_request",
         ),
         (s.http.post(s.url("/related")).json(&json!([1, 2])), StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+        // An array of a note's fields is no note: every body is an object.
+        (
+            s.http.put(s.url("/notes/arr")).json(&json!(["a title", "some content"])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            s.http.post(s.url("/related")).json(&json!(["a title", "some content"])),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
         (
             s.http.post(s.url("/suggest-tags")).json(&json!({"title": "t", "max_hashtags": 0})),
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -27,6 +27,9 @@ pub enum NoteError {
     BadCategory(usize),
     #[error("embedding is empty or not finite")]
     BadEmbedding,
+    /// Postgres cannot store U+0000 in text, and no note needs it: refused on every store alike.
+    #[error("{0} contains a NUL character (U+0000)")]
+    Nul(&'static str),
 }
 
 /// A note's external id: 1-128 chars of `[A-Za-z0-9._:-]`.
@@ -122,6 +125,18 @@ impl Note {
     /// [`validate`](Self::validate) and the field bounds of `limits`.
     pub fn check(&self, limits: &NoteLimits) -> Result<(), NoteError> {
         let chars = |s: &str| s.chars().count();
+        let nul = |s: &str| s.contains('\0');
+        for (field, text) in [("title", &self.title), ("content", &self.content)] {
+            if nul(text) {
+                return Err(NoteError::Nul(field));
+            }
+        }
+        if self.hashtags.iter().any(|h| nul(h)) {
+            return Err(NoteError::Nul("a hashtag"));
+        }
+        if self.category.as_deref().is_some_and(nul) {
+            return Err(NoteError::Nul("category"));
+        }
         if chars(&self.title) > limits.max_title_chars {
             return Err(NoteError::TooLong { field: "title", max: limits.max_title_chars });
         }
@@ -218,6 +233,25 @@ impl fmt::Display for ModelVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_character_is_refused_in_every_field() {
+        let limits = NoteLimits::default();
+        let ok =
+            Note { title: "t".into(), content: "c".into(), hashtags: vec!["h".into()], category: Some("k".into()) };
+        assert!(ok.check(&limits).is_ok());
+        for (bad, field) in [
+            (Note { title: "a\0b".into(), ..ok.clone() }, "title"),
+            (Note { content: "\0".into(), ..ok.clone() }, "content"),
+            (Note { hashtags: vec!["x\0".into()], ..ok.clone() }, "a hashtag"),
+            (Note { category: Some("\0k".into()), ..ok.clone() }, "category"),
+        ] {
+            let e = bad.check(&limits).unwrap_err();
+            assert!(matches!(e, NoteError::Nul(f) if f == field), "{e}");
+            assert!(e.to_string().contains("NUL"), "{e}");
+        }
+    }
+
     use proptest::prelude::*;
 
     #[test]

@@ -187,15 +187,36 @@ async fn record_metrics(State(state): State<AppState>, req: Request, next: Next)
     resp
 }
 
-/// `Json<T>` whose rejections are [`ApiError`]s.
+/// `Json<T>` whose rejections are [`ApiError`]s. Every body of this API is a JSON object: an
+/// array is refused (serde would otherwise read a struct from a sequence of its fields, so
+/// `["title", "content"]` would pass for a note).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        let axum::Json(ObjectOnly(v)) = axum::Json::<ObjectOnly<T>>::from_request(req, state).await?;
         Ok(Self(v))
+    }
+}
+
+/// `T` read from a JSON object only.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData)).map(ObjectOnly)
     }
 }
 
