@@ -160,6 +160,13 @@ pub struct PipelineArgs {
     pub max_title_chars: usize,
     #[arg(long, env = "NOTELLM_MAX_CONTENT_CHARS", default_value_t = 20000)]
     pub max_content_chars: usize,
+    /// Largest image a note may carry, bytes of the file (413 above). Its base64 counts toward
+    /// --body-limit-bytes too (4/3 of the file), so raise both for large photos.
+    #[arg(long, env = "NOTELLM_MAX_IMAGE_BYTES", default_value_t = notellm_service::DEFAULT_MAX_IMAGE_BYTES)]
+    pub max_image_bytes: usize,
+    /// Most pixels on either side of a note's image (413 above); the encoder sees 224.
+    #[arg(long, env = "NOTELLM_MAX_IMAGE_SIDE", default_value_t = 4096)]
+    pub max_image_side: u32,
 }
 
 impl PipelineArgs {
@@ -186,6 +193,7 @@ impl PipelineArgs {
                     max_content_chars: self.max_content_chars,
                     ..Default::default()
                 },
+                image: notellm_service::ImageLimits { max_bytes: self.max_image_bytes, max_side: self.max_image_side },
                 ..Default::default()
             },
             hnsw_m: self.hnsw_m,

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use candle_core::Device;
 use notellm_model::config::Family;
-use notellm_model::NoteLlm;
+use notellm_model::{NoteLlm, ServedModel};
 use notellm_service::batcher::{BatchError, Batcher, BatcherConfig, Queue};
 use notellm_service::metrics::Metrics;
 
-fn setup(dir: &std::path::Path, cfg: BatcherConfig) -> (Arc<NoteLlm>, Batcher, Metrics) {
-    let model = Arc::new(NoteLlm::load(&common::tiny_model(dir, "m", Family::Llama, 1), &Device::Cpu).unwrap());
+fn setup(dir: &std::path::Path, cfg: BatcherConfig) -> (Arc<ServedModel>, Batcher, Metrics) {
+    let model = NoteLlm::load(&common::tiny_model(dir, "m", Family::Llama, 1), &Device::Cpu).unwrap();
+    let model = Arc::new(ServedModel::from(model));
     let metrics = Metrics::new().unwrap();
     let b = Batcher::spawn(model.clone(), cfg, metrics.clone()).unwrap();
     (model, b, metrics)

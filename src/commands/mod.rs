@@ -15,7 +15,7 @@ pub mod train;
 use anyhow::{Context, Result};
 
 use crate::cli::{Command, ModelArgs};
-use notellm_model::NoteLlm;
+use notellm_model::{NoteLlm, ServedModel};
 
 /// Runs one command to its end.
 pub fn run(command: Command) -> Result<()> {
@@ -47,8 +47,24 @@ fn keep_freed_memory() {
     }
 }
 
+/// The checkpoint of `--model` as the service would serve it: NoteLLM (text or multimodal) or a
+/// sentence encoder.
+fn load_served(args: &ModelArgs) -> Result<ServedModel> {
+    let dir = args.resolve()?;
+    let device = args.device.open()?;
+    ServedModel::load(&dir, &device).with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// A NoteLLM checkpoint, for generation; a sentence encoder is refused with what to do instead.
 fn load(args: &ModelArgs) -> Result<NoteLlm> {
     let dir = args.resolve()?;
+    if notellm_model::encoder::is_encoder_checkpoint(&dir) {
+        anyhow::bail!(
+            "{} is a sentence encoder: it cannot generate hashtags or a category; serve it and ask POST \
+             /suggest-tags, which answers with the nearest notes' vote",
+            dir.display()
+        );
+    }
     let device = args.device.open()?;
     NoteLlm::load(&dir, &device).with_context(|| format!("loading model {}", dir.display()))
 }

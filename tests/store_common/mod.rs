@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notellm_note::{Embedding, ModelVersion, Note, NoteId};
-use notellm_store::{content_hash, Change, NoteWrite, Store, StoreError};
+use notellm_store::{content_hash, content_hash_with_image, Change, NoteWrite, Store, StoreError, StoredImage};
 
 pub fn id(s: &str) -> NoteId {
     NoteId::parse(s).unwrap()
@@ -183,6 +183,7 @@ pub async fn batch_put(store: &Store) {
             content_hash: &hashes[i],
             embedding: &embs[i],
             model_version: &version,
+            image: None,
         })
         .collect();
     let seqs = store.put_notes(&batch).await.unwrap();
@@ -437,4 +438,61 @@ pub async fn staging_and_promote(store: &Store) {
     let back = Switch { model_version: &mv(), model_dir: "/models/v1", previous_version: &v2, switch_token: "t2" };
     assert!(matches!(store.promote(&back).await, Err(StoreError::Incomplete { missing: 4, .. })));
     assert_eq!(store.active_model().await.unwrap().unwrap().switch_token, "t1");
+}
+
+/// A note's image: written with the note, read back whole, found by its hash for reuse,
+/// replaced or removed by the next write of the note, removed by its delete; a re-index read
+/// names it; the content hash of a note with an image is another than without.
+pub async fn images(store: &Store) {
+    let (a, b) = (id("img-a"), id("img-b"));
+    let n = note(3);
+    let image = |hash: &str, fill: u8| StoredImage {
+        image_hash: hash.repeat(32),
+        encoder: "encoder-fp-1".into(),
+        tokens: 3,
+        width: 4,
+        features: (0..24).map(|i| fill.wrapping_add(i)).collect(),
+    };
+    let first = image("ab", 1);
+    let plain = content_hash(&n);
+    let with = content_hash_with_image(&n, Some(&first.image_hash));
+    assert_ne!(plain, with);
+    assert_eq!(plain, content_hash_with_image(&n, None));
+    let e = emb(3, 32);
+    let version = mv();
+    let write =
+        |id, image| NoteWrite { id, note: &n, content_hash: &with, embedding: &e, model_version: &version, image };
+    store.put_notes(&[write(&a, Some(&first))]).await.unwrap();
+    assert_eq!(store.image(&a).await.unwrap(), Some(first.clone()));
+    let stored = store.get_note(&a).await.unwrap().unwrap();
+    assert_eq!(stored.image_hash.as_deref(), Some(first.image_hash.as_str()));
+    assert_eq!(stored.content_hash, with);
+    assert_eq!(store.image_by_hash("encoder-fp-1", &first.image_hash).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.image_by_hash("another-encoder", &first.image_hash).await.unwrap(), None);
+    assert_eq!(store.image_encoders().await.unwrap(), vec![("encoder-fp-1".to_owned(), 1)]);
+    let scanned = store.reindex_note(&a, &ModelVersion("next".into())).await.unwrap().unwrap();
+    assert_eq!(scanned.image_hash.as_deref(), Some(first.image_hash.as_str()));
+
+    // A second note with its own image; then a's image is replaced, then removed.
+    let second = image("cd", 9);
+    store.put_notes(&[write(&b, Some(&second))]).await.unwrap();
+    assert_eq!(store.image_encoders().await.unwrap(), vec![("encoder-fp-1".to_owned(), 2)]);
+    store.put_notes(&[write(&a, Some(&second))]).await.unwrap();
+    assert_eq!(store.image(&a).await.unwrap(), Some(second.clone()));
+    assert_eq!(store.image_by_hash("encoder-fp-1", &first.image_hash).await.unwrap(), None);
+    store.put_notes(&[write(&a, None)]).await.unwrap();
+    assert_eq!(store.image(&a).await.unwrap(), None);
+    assert_eq!(store.get_note(&a).await.unwrap().unwrap().image_hash, None);
+    assert_eq!(store.reindex_note(&a, &version).await.unwrap().unwrap().image_hash, None);
+
+    // Features that do not fill their shape are refused, and nothing of that write lands.
+    let bad = StoredImage { features: vec![0; 23], ..image("ef", 0) };
+    let before = store.max_seq().await.unwrap();
+    assert!(store.put_notes(&[write(&a, Some(&bad))]).await.is_err());
+    assert_eq!(store.max_seq().await.unwrap(), before);
+    assert_eq!(store.image(&a).await.unwrap(), None);
+
+    store.delete_note(&b).await.unwrap().unwrap();
+    assert_eq!(store.image(&b).await.unwrap(), None);
+    assert!(store.image_encoders().await.unwrap().is_empty());
 }

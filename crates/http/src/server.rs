@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::api::{self, HttpConfig};
 use crate::connections::{self, ConnectionMetrics};
 use notellm_index::IndexConfig;
-use notellm_model::{DeviceSpec, NoteLlm};
+use notellm_model::{DeviceSpec, ServedModel};
 use notellm_service::batcher::BatcherConfig;
 use notellm_service::metrics::Metrics;
 use notellm_service::{
@@ -127,7 +127,7 @@ pub async fn build(cfg: &ServiceConfig) -> Result<Arc<App>, ServerError> {
     // After a re-index, the store may name another checkpoint than --model (service/reindex).
     let dir = notellm_service::reindex::resolve_model_dir(&store, &cfg.model_dir).await;
     let load_device = device.clone();
-    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &load_device))
+    let model = tokio::task::spawn_blocking(move || ServedModel::load(&dir, &load_device))
         .await
         .map_err(|e| ServerError::Task(format!("model load: {e}")))??;
     let model = Arc::new(model);

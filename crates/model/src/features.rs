@@ -54,15 +54,13 @@ impl FeatureCache {
     /// The cached features of one image, `[tokens, width]` f32, if present and whole.
     pub fn get(&self, hash: &ImageHash) -> Option<Tensor> {
         let bytes = std::fs::read(self.path(hash)).ok()?;
-        let n = self.tokens * self.width;
-        if bytes.len() != 8 + 2 * n
+        if bytes.len() < 8
             || u32::from_le_bytes(bytes[0..4].try_into().ok()?) as usize != self.tokens
             || u32::from_le_bytes(bytes[4..8].try_into().ok()?) as usize != self.width
         {
             return None;
         }
-        let values: Vec<f32> = bytes[8..].chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
-        Tensor::from_vec(values, (self.tokens, self.width), &Device::Cpu).ok()
+        from_f16_bytes(&bytes[8..], self.tokens, self.width).ok()
     }
 
     /// Stores one image's features (`[tokens, width]`).
@@ -74,13 +72,10 @@ impl FeatureCache {
                 self.tokens, self.width
             )));
         }
-        let values = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let mut bytes = Vec::with_capacity(8 + 2 * values.len());
+        let mut bytes = Vec::with_capacity(8 + 2 * t * w);
         bytes.extend((t as u32).to_le_bytes());
         bytes.extend((w as u32).to_le_bytes());
-        for v in values {
-            bytes.extend(f16::from_f32(v).to_le_bytes());
-        }
+        bytes.extend(to_f16_bytes(features)?);
         let path = self.path(hash);
         let parent = path.parent().unwrap_or(&self.dir).to_owned();
         std::fs::create_dir_all(&parent).map_err(|source| ModelError::Io { path: parent, source })?;
@@ -88,6 +83,30 @@ impl FeatureCache {
         std::fs::write(&tmp, &bytes).map_err(|source| ModelError::Io { path: tmp.clone(), source })?;
         std::fs::rename(&tmp, &path).map_err(|source| ModelError::Io { path, source })
     }
+}
+
+/// One image's features (`[tokens, width]`) as little-endian f16: the form they are cached and
+/// stored in (relative error below 5e-4).
+pub fn to_f16_bytes(features: &Tensor) -> Result<Vec<u8>> {
+    let values = features.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let mut bytes = Vec::with_capacity(2 * values.len());
+    for v in values {
+        bytes.extend(f16::from_f32(v).to_le_bytes());
+    }
+    Ok(bytes)
+}
+
+/// [`to_f16_bytes`]' inverse: `[tokens, width]` f32 on the CPU; refuses bytes of another size.
+pub fn from_f16_bytes(bytes: &[u8], tokens: usize, width: usize) -> Result<Tensor> {
+    if bytes.len() != 2 * tokens * width {
+        return Err(ModelError::Input(format!(
+            "{} bytes of features, not the {} of {tokens} x {width} f16 values",
+            bytes.len(),
+            2 * tokens * width
+        )));
+    }
+    let values: Vec<f32> = bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+    Ok(Tensor::from_vec(values, (tokens, width), &Device::Cpu)?)
 }
 
 /// The features (`[n, tokens, width]`, before the final norm) of `images`, named by `hashes`:
@@ -118,4 +137,26 @@ pub fn features_of(
         return Ok((Tensor::zeros((0, cfg.tokens(), cfg.width), DType::F32, &Device::Cpu)?, 0));
     }
     Ok((Tensor::stack(&rows, 0)?, missing.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_round_trip_through_f16_bytes_and_wrong_sizes_are_refused() {
+        let values: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) * 0.37).collect();
+        let t = Tensor::from_vec(values.clone(), (3, 4), &Device::Cpu).unwrap();
+        let bytes = to_f16_bytes(&t).unwrap();
+        assert_eq!(bytes.len(), 24);
+        let back = from_f16_bytes(&bytes, 3, 4).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (a, b) in values.iter().zip(&back) {
+            assert!((a - b).abs() <= 5e-4 * a.abs().max(1e-3), "{a} vs {b}");
+        }
+        // Values already in f16 come back exactly: bytes -> tensor -> bytes is the identity.
+        let again = to_f16_bytes(&from_f16_bytes(&bytes, 3, 4).unwrap()).unwrap();
+        assert_eq!(again, bytes);
+        assert!(from_f16_bytes(&bytes, 4, 4).is_err());
+        assert!(from_f16_bytes(&bytes[1..], 3, 4).is_err());
+    }
 }

@@ -20,6 +20,7 @@ pub mod generate;
 pub mod image_input;
 pub mod multimodal;
 pub mod prompt;
+pub mod served;
 pub mod tokenizer;
 pub mod vision;
 pub mod vote;
@@ -35,6 +36,7 @@ pub use decoder::{Decoder, PaddedBatch, Padding};
 pub use device::DeviceSpec;
 pub use error::{ModelError, Result};
 pub use generate::{GenerateOptions, Suggestion};
+pub use served::ServedModel;
 pub use tokenizer::NoteTokenizer;
 
 use crate::prompt::Limits;

@@ -224,7 +224,7 @@ impl VisionEncoder {
         if !weights.is_file() {
             return Err(ModelError::MissingFile { dir: dir.to_owned(), file: VISION_WEIGHTS_FILE.into() });
         }
-        let fingerprint = fingerprint(&dir.join(VISION_CONFIG_FILE), &weights)?;
+        let fingerprint = dir_fingerprint(dir)?;
         // SAFETY: the file is memory-mapped read-only and not modified while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, device)? };
         Ok(Self { fingerprint: Some(fingerprint), ..Self::new(cfg, vb)? })
@@ -361,6 +361,12 @@ impl Dinov2 {
         let mlp = blk.fc2.forward(&blk.fc1.forward(&blk.norm2.forward(&x)?)?.gelu_erf()?)?;
         Ok((&x + mlp.broadcast_mul(&blk.ls2)?)?)
     }
+}
+
+/// The fingerprint [`VisionEncoder::load`] gives the encoder in `dir`, without loading it: what a
+/// re-index checks against the stored features before it starts.
+pub fn dir_fingerprint(dir: &Path) -> Result<String> {
+    fingerprint(&dir.join(VISION_CONFIG_FILE), &dir.join(VISION_WEIGHTS_FILE))
 }
 
 /// SHA-256 of the config file's and the weights' bytes, streamed.

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::restore::{apply_changes, PAGE};
 use crate::{App, AppError};
-use notellm_model::NoteLlm;
+use notellm_model::ServedModel;
 use notellm_store::{ActiveModel, Change, ChangeListener, Notice, StoreError};
 
 /// How long a heartbeat over the listening connection may take before the listener counts as
@@ -440,7 +440,7 @@ impl App {
 
     async fn load_switch(&self, active: &ActiveModel) -> Result<usize, AppError> {
         let (dir, device) = (active.model_dir.clone(), self.template().device.clone());
-        let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
+        let model = tokio::task::spawn_blocking(move || ServedModel::load(&dir, &device))
             .await
             .map_err(|e| AppError::Internal(format!("model load task: {e}")))?
             .map_err(|e| AppError::Internal(format!("loading the checkpoint: {e}")))?;

@@ -45,6 +45,7 @@ use serde::Serialize;
 
 pub use error::{AppError, Conflict};
 pub use follow::{FollowConfig, FollowStatus, HEARTBEAT_TIMEOUT};
+pub use notellm_model::image_input::{ImageError, ImageLimits};
 pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus, Reindexer};
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, IndexBackend, Serving, ServingTemplate, Vectors};
@@ -52,13 +53,16 @@ pub use suggest::{
     SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
 };
 
+use crate::batcher::ImageSource;
 use crate::follow::Follow;
 use crate::gate::{Held, WriteGate};
 use crate::metrics::Metrics;
 use crate::serving::ServingSlot;
 use notellm_index::{Hit, NoteIndex};
+use notellm_model::features::{from_f16_bytes, to_f16_bytes};
+use notellm_model::image_input::ImageInput;
 use notellm_note::{Embedding, ModelVersion, Note, NoteId, NoteLimits};
-use notellm_store::{content_hash, NoteWrite, Store, StoredNote};
+use notellm_store::{content_hash_with_image, NoteWrite, Store, StoredImage, StoredNote};
 
 /// `--related-cache-entries`' default: about 70 MB of answers at k = 20.
 pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
@@ -71,11 +75,37 @@ pub struct ServiceLimits {
     /// The bounds of every note written (HTTP and `notellm ingest`).
     pub note: NoteLimits,
     pub max_suggest_hashtags: usize,
+    /// The bounds of a note's image.
+    pub image: ImageLimits,
 }
+
+/// `--max-image-bytes`' default: an image this size, in base64, fits the default 1 MiB body.
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 512 << 10;
 
 impl Default for ServiceLimits {
     fn default() -> Self {
-        Self { max_k: 1000, max_notes_per_batch: 256, note: NoteLimits::default(), max_suggest_hashtags: 10 }
+        Self {
+            max_k: 1000,
+            max_notes_per_batch: 256,
+            note: NoteLimits::default(),
+            max_suggest_hashtags: 10,
+            image: ImageLimits { max_bytes: DEFAULT_MAX_IMAGE_BYTES, ..ImageLimits::default() },
+        }
+    }
+}
+
+/// A note to write: its id, its text and, for a multimodal checkpoint, its checked image.
+#[derive(Debug, Clone)]
+pub struct NoteUpload {
+    pub id: NoteId,
+    pub note: Note,
+    pub image: Option<Arc<ImageInput>>,
+}
+
+impl NoteUpload {
+    /// A note without an image.
+    pub fn text(id: NoteId, note: Note) -> Self {
+        Self { id, note, image: None }
     }
 }
 
@@ -212,7 +242,7 @@ impl App {
 
     /// `/suggest-tags`' default number of hashtags: the serving checkpoint's.
     pub fn default_hashtags(&self) -> usize {
-        self.serving().batcher.model().config().hashtag_count
+        self.serving().batcher.served().hashtag_count()
     }
 
     /// The index is restored and writes are accepted.
@@ -299,6 +329,14 @@ impl App {
     /// Several notes: embedded together, stored in one transaction, then indexed. One result per
     /// input, in order; a note that fails to embed does not stop the others.
     pub async fn put_notes(&self, items: Vec<(NoteId, Note)>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
+        self.put_uploads(items.into_iter().map(|(id, note)| NoteUpload::text(id, note)).collect()).await
+    }
+
+    /// [`put_notes`](Self::put_notes) of notes that may carry an image. An image note needs a
+    /// multimodal checkpoint (else its result is [`AppError::Invalid`]); its image's features
+    /// are read from the store when another note has the same image, else the batch encodes
+    /// it, and they are stored with the note.
+    pub async fn put_uploads(&self, items: Vec<NoteUpload>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
         self.require_writable()?;
         loop {
             let serving = self.serving();
@@ -314,15 +352,15 @@ impl App {
     async fn put_with(
         &self,
         serving: &Arc<Serving>,
-        items: &[(NoteId, Note)],
+        items: &[NoteUpload],
     ) -> Result<Option<Vec<Result<PutOutcome, AppError>>>, AppError> {
         let version = &serving.version;
         let mut results: Vec<Option<Result<PutOutcome, AppError>>> = (0..items.len()).map(|_| None).collect();
         let mut hashes = Vec::with_capacity(items.len());
         let mut previous = Vec::with_capacity(items.len());
         let mut to_embed = Vec::new();
-        for (i, (id, note)) in items.iter().enumerate() {
-            let hash = content_hash(note);
+        for (i, NoteUpload { id, note, image }) in items.iter().enumerate() {
+            let hash = content_hash_with_image(note, image.as_ref().map(|im| im.hash.to_hex()).as_deref());
             let prev = self.store.content_hash(id).await.map_err(|e| self.store_err("get", e))?;
             if prev.as_deref() == Some(hash.as_str()) && self.serves_stored(serving, id).await? {
                 results[i] = Some(Ok(PutOutcome {
@@ -337,45 +375,54 @@ impl App {
             hashes.push(hash);
             previous.push(prev);
         }
-        let notes: Vec<Note> = to_embed.iter().map(|&i| items[i].1.clone()).collect();
-        let embedded = serving.batcher.embed_many(&notes).await;
-        let mut ok: Vec<(usize, Embedding)> = Vec::new();
+        let sources = self.image_sources(serving, items, &mut to_embed, &mut results).await?;
+        let inputs = to_embed.iter().zip(sources).map(|(&i, source)| (&items[i].note, source)).collect();
+        let embedded = serving.batcher.embed_with_images(inputs).await;
+        let encoder = serving.batcher.served().encoder_fingerprint().unwrap_or_default();
+        let mut ok: Vec<(usize, Embedding, Option<StoredImage>)> = Vec::new();
         for (&i, r) in to_embed.iter().zip(embedded) {
-            match r {
-                Ok(e) => ok.push((i, e)),
-                Err(e) => results[i] = Some(Err(e.into())),
+            let stored = match (r, &items[i].image) {
+                (Ok((e, Some(features))), Some(image)) => stored_image(image, encoder, &features).map(|s| (e, Some(s))),
+                (Ok((e, _)), _) => Ok((e, None)),
+                (Err(e), _) => Err(e.into()),
+            };
+            match stored {
+                Ok((e, image)) => ok.push((i, e, image)),
+                Err(e) => results[i] = Some(Err(e)),
             }
         }
         if !ok.is_empty() {
-            let guard = self.gate.write(ok.iter().map(|(i, _)| &items[*i].0)).await;
+            let guard = self.gate.write(ok.iter().map(|(i, _, _)| &items[*i].id)).await;
             // What serves only changes while the gate is held, so from here it holds.
             if !Arc::ptr_eq(&self.serving(), serving) {
                 return Ok(None);
             }
             let writes: Vec<NoteWrite<'_>> = ok
                 .iter()
-                .map(|(i, e)| NoteWrite {
-                    id: &items[*i].0,
-                    note: &items[*i].1,
+                .map(|(i, e, image)| NoteWrite {
+                    id: &items[*i].id,
+                    note: &items[*i].note,
                     content_hash: &hashes[*i],
                     embedding: e,
                     model_version: version,
+                    image: image.as_ref(),
                 })
                 .collect();
             let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
             self.store_wrote();
             self.follow.wrote(seqs.iter().copied());
-            let batch: Vec<(NoteId, Embedding)> = ok.iter().map(|(i, e)| (items[*i].0.clone(), e.clone())).collect();
+            let batch: Vec<(NoteId, Embedding)> =
+                ok.iter().map(|(i, e, _)| (items[*i].id.clone(), e.clone())).collect();
             // pgvector: the vectors went into the store with the rows.
             if let Some(index) = serving.hnsw() {
                 index.upsert_batch(&batch)?;
             }
             guard.changed();
             drop(guard);
-            for ((i, _), seq) in ok.iter().zip(seqs) {
+            for ((i, _, _), seq) in ok.iter().zip(seqs) {
                 let status = if previous[*i].is_some() { WriteStatus::Updated } else { WriteStatus::Created };
                 results[*i] = Some(Ok(PutOutcome {
-                    note_id: items[*i].0.clone(),
+                    note_id: items[*i].id.clone(),
                     status,
                     seq: Some(seq),
                     model_version: version.clone(),
@@ -389,6 +436,63 @@ impl App {
                 .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("note was not processed".into()))))
                 .collect(),
         ))
+    }
+
+    /// What the batcher gets of each note in `to_embed`: nothing, or its image as stored
+    /// features (another note has the same image, of the same encoder) or as the encoder's input
+    /// pixels. An image note that `serving`'s checkpoint cannot take gets its error in
+    /// `results` and leaves `to_embed`.
+    async fn image_sources(
+        &self,
+        serving: &Serving,
+        items: &[NoteUpload],
+        to_embed: &mut Vec<usize>,
+        results: &mut [Option<Result<PutOutcome, AppError>>],
+    ) -> Result<Vec<Option<ImageSource>>, AppError> {
+        let mm = serving.batcher.served().multimodal();
+        let mut sources = Vec::with_capacity(to_embed.len());
+        let mut kept = Vec::with_capacity(to_embed.len());
+        for &i in to_embed.iter() {
+            let Some(image) = &items[i].image else {
+                sources.push(None);
+                kept.push(i);
+                continue;
+            };
+            let Some(mm) = mm else {
+                results[i] = Some(Err(AppError::Invalid(format!(
+                    "model {} is text-only: a note's image needs a multimodal checkpoint (`notellm model \
+                     init-multimodal`); send the note without `image`",
+                    serving.version
+                ))));
+                continue;
+            };
+            let encoder = mm.encoder();
+            let fingerprint = encoder.fingerprint().unwrap_or_default();
+            let stored = self
+                .store
+                .image_by_hash(fingerprint, &image.hash.to_hex())
+                .await
+                .map_err(|e| self.store_err("get", e))?;
+            let source = match stored {
+                Some(s) => {
+                    let f = from_f16_bytes(&s.features, s.tokens as usize, s.width as usize)
+                        .map_err(|e| AppError::Corrupt(format!("stored features of image {}: {e}", s.image_hash)))?;
+                    self.metrics.image_features_reused.inc();
+                    ImageSource::Features(f)
+                }
+                None => {
+                    let (cfg, image) = (encoder.config().clone(), image.clone());
+                    let pixels = tokio::task::spawn_blocking(move || cfg.pixels(&image.image))
+                        .await
+                        .map_err(|e| AppError::Internal(format!("image preprocessing task: {e}")))?;
+                    ImageSource::Pixels(pixels)
+                }
+            };
+            sources.push(Some(source));
+            kept.push(i);
+        }
+        *to_embed = kept;
+        Ok(sources)
     }
 
     pub async fn get_note(&self, id: &NoteId) -> Result<StoredNote, AppError> {
@@ -620,6 +724,20 @@ impl App {
     pub fn refresh_snapshot_age(&self) {
         self.metrics.snapshot_age.set(self.gate.snapshot_age_secs());
     }
+}
+
+/// What the store keeps of a note's image: its hash and the encoder's features of it.
+fn stored_image(image: &ImageInput, encoder: &str, features: &candle_core::Tensor) -> Result<StoredImage, AppError> {
+    let internal = |e: notellm_model::ModelError| AppError::Internal(format!("image features: {e}"));
+    let (tokens, width) = features.dims2().map_err(|e| internal(e.into()))?;
+    let dim = |v: usize| u32::try_from(v).map_err(|_| AppError::Internal(format!("{v} is not a feature size")));
+    Ok(StoredImage {
+        image_hash: image.hash.to_hex(),
+        encoder: encoder.to_owned(),
+        tokens: dim(tokens)?,
+        width: dim(width)?,
+        features: to_f16_bytes(features).map_err(internal)?,
+    })
 }
 
 fn note_not_found() -> AppError {

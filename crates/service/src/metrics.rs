@@ -36,6 +36,10 @@ pub struct Metrics {
     pub inference_duration: Histogram,
     pub generation_duration: Histogram,
     pub embedded_notes: IntCounter,
+    /// Images run through the encoder (a note whose image was stored before reuses its features).
+    pub images_encoded: IntCounter,
+    /// Image notes written with features reused from the store.
+    pub image_features_reused: IntCounter,
     pub notes_indexed: IntGauge,
     pub index_tombstones: IntGauge,
     pub index_rebuilds: IntCounter,
@@ -136,6 +140,11 @@ impl Metrics {
                 exponential_buckets(0.01, 2.0, 14)?,
             )?,
             embedded_notes: IntCounter::new("notellm_embedded_notes_total", "Notes embedded by the model")?,
+            images_encoded: IntCounter::new("notellm_images_encoded_total", "Images run through the image encoder")?,
+            image_features_reused: IntCounter::new(
+                "notellm_image_features_reused_total",
+                "Image notes embedded with an image's features read from the store instead of encoded",
+            )?,
             notes_indexed: IntGauge::new("notellm_notes_indexed", "Live notes in the HNSW index")?,
             index_tombstones: IntGauge::new(
                 "notellm_index_tombstones",
@@ -261,6 +270,8 @@ impl Metrics {
         r.register(Box::new(m.inference_duration.clone()))?;
         r.register(Box::new(m.generation_duration.clone()))?;
         r.register(Box::new(m.embedded_notes.clone()))?;
+        r.register(Box::new(m.images_encoded.clone()))?;
+        r.register(Box::new(m.image_features_reused.clone()))?;
         r.register(Box::new(m.notes_indexed.clone()))?;
         r.register(Box::new(m.index_tombstones.clone()))?;
         r.register(Box::new(m.index_rebuilds.clone()))?;
@@ -351,6 +362,8 @@ mod tests {
             "notellm_reindex_write_hold_seconds_bucket",
             "notellm_reindex_embedded_notes_total 0",
             "notellm_related_cache_hits_total 0",
+            "notellm_images_encoded_total 0",
+            "notellm_image_features_reused_total 0",
             "notellm_related_cache_misses_total 0",
             "notellm_related_cache_entries 0",
             "notellm_suggestions_total{source=\"neighbours\"} 0",

@@ -12,7 +12,7 @@ use crate::gate::Held;
 use crate::metrics::Metrics;
 use crate::related_cache::Generation;
 use notellm_index::{IndexConfig, IndexError, NoteIndex};
-use notellm_model::NoteLlm;
+use notellm_model::ServedModel;
 use notellm_note::ModelVersion;
 
 /// Which index serves `/related` (`--index`).
@@ -139,18 +139,18 @@ impl ServingTemplate {
     }
 
     /// These HNSW settings for `model`'s vectors.
-    pub fn config_for(&self, model: &NoteLlm) -> IndexConfig {
+    pub fn config_for(&self, model: &ServedModel) -> IndexConfig {
         IndexConfig { dim: model.embedding_dim(), ..self.index.clone() }
     }
 
     /// An empty index for `model`'s vectors, with these settings.
-    pub fn index_for(&self, model: &NoteLlm) -> Result<NoteIndex, IndexError> {
+    pub fn index_for(&self, model: &ServedModel) -> Result<NoteIndex, IndexError> {
         NoteIndex::new(self.config_for(model))
     }
 
     /// Where `model`'s vectors are searched at start: an empty HNSW index (the restore fills it)
     /// or the store's pgvector index for its dimension.
-    pub fn fresh_vectors(&self, model: &NoteLlm) -> Result<Vectors, IndexError> {
+    pub fn fresh_vectors(&self, model: &ServedModel) -> Result<Vectors, IndexError> {
         Ok(match self.backend {
             IndexBackend::Hnsw => Vectors::Hnsw(Arc::new(self.index_for(model)?)),
             IndexBackend::Pgvector => self.pgvector_for(model),
@@ -159,20 +159,20 @@ impl ServingTemplate {
 
     /// Where `model`'s vectors are searched after a re-index built `index` for it: that index,
     /// or the store's pgvector index for its dimension.
-    pub fn vectors_with(&self, model: &NoteLlm, index: Arc<NoteIndex>) -> Vectors {
+    pub fn vectors_with(&self, model: &ServedModel, index: Arc<NoteIndex>) -> Vectors {
         match self.backend {
             IndexBackend::Hnsw => Vectors::Hnsw(index),
             IndexBackend::Pgvector => self.pgvector_for(model),
         }
     }
 
-    fn pgvector_for(&self, model: &NoteLlm) -> Vectors {
+    fn pgvector_for(&self, model: &ServedModel) -> Vectors {
         Vectors::Pgvector { dim: model.embedding_dim(), ef_search: self.index.ef_search }
     }
 
     /// `model` serving from `vectors`: its batcher started, snapshots under its version's
     /// folder. The one way a [`Serving`] is made (at start and by a re-index).
-    pub fn serve(&self, model: Arc<NoteLlm>, vectors: Vectors, metrics: &Metrics) -> std::io::Result<Serving> {
+    pub fn serve(&self, model: Arc<ServedModel>, vectors: Vectors, metrics: &Metrics) -> std::io::Result<Serving> {
         let version = model.version().clone();
         let batcher = Batcher::spawn(model, self.batcher.clone(), metrics.clone())?;
         Ok(Serving {

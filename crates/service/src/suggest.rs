@@ -9,6 +9,9 @@
 //! - **generate**: the LLM generates them with the generation half of the Note Compression
 //!   Prompt (the generation queue).
 //!
+//! A sentence-encoder checkpoint cannot generate: it answers from the neighbours only (an
+//! empty answer when none carries a label), and `generate` is refused with a 422.
+//!
 //! The answer says which source it came from; `notellm_suggestions_total{source}` counts them.
 
 use std::str::FromStr;
@@ -113,6 +116,12 @@ impl App {
     async fn suggest_from(&self, note: Note, max_hashtags: usize) -> Result<Suggested, AppError> {
         if self.suggest.from == SuggestFrom::Neighbours && self.is_ready() {
             if let Some(suggestion) = self.vote_of_neighbours(&note, max_hashtags).await? {
+                return Ok(Suggested { suggestion, source: SuggestionSource::Neighbours });
+            }
+            // A sentence encoder has no generation to fall back on: no labelled neighbour means
+            // nothing to suggest, which is an answer, not an error.
+            if !self.serving().batcher.can_generate() {
+                let suggestion = Suggestion { hashtags: Vec::new(), category: None };
                 return Ok(Suggested { suggestion, source: SuggestionSource::Neighbours });
             }
         }

@@ -88,6 +88,13 @@ pub(crate) fn parse_id(id: &str) -> Result<NoteId, StoreError> {
 /// re-embedded. The prefix names the algorithm, so switching to SHA-256 later only costs one
 /// re-embedding per note on its next PUT.
 pub fn content_hash(note: &Note) -> String {
+    content_hash_with_image(note, None)
+}
+
+/// [`content_hash`] of a note with an image, named by the SHA-256 (hex) of its bytes: another
+/// image is another content. Without an image it is `content_hash(note)` exactly, so the hashes
+/// stored before images existed still say "unchanged".
+pub fn content_hash_with_image(note: &Note, image_hash: Option<&str>) -> String {
     let mut h = Fnv1a128::new();
     h.write(b"notellm-note-v1");
     field(&mut h, b'T', note.title.as_bytes());
@@ -102,6 +109,9 @@ pub fn content_hash(note: &Note) -> String {
         None => {
             h.write(b"k");
         }
+    }
+    if let Some(image) = image_hash {
+        field(&mut h, b'I', image.as_bytes());
     }
     format!("fnv1a128:{:032x}", h.finish())
 }
@@ -126,6 +136,7 @@ pub(crate) struct NoteRow {
     embedding: Vec<u8>,
     dim: i64,
     model_version: String,
+    image_hash: Option<String>,
     seq: i64,
     created_us: i64,
     updated_us: i64,
@@ -145,6 +156,7 @@ impl NoteRow {
             content_hash: self.content_hash,
             embedding: decode_embedding(id, &self.embedding, self.dim)?,
             model_version: ModelVersion(self.model_version),
+            image_hash: self.image_hash,
             seq: self.seq,
             created_at: time_from_micros(id, self.created_us)?,
             updated_at: time_from_micros(id, self.updated_us)?,

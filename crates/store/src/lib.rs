@@ -62,7 +62,7 @@ use std::time::{Duration, SystemTime};
 
 use notellm_note::{Embedding, ModelVersion, Note, NoteId};
 
-pub use codec::content_hash;
+pub use codec::{content_hash, content_hash_with_image};
 pub use error::StoreError;
 pub use migrations::MigrationReport;
 pub use postgres::changes_channel;
@@ -172,6 +172,8 @@ pub struct NoteWrite<'a> {
     pub content_hash: &'a str,
     pub embedding: &'a Embedding,
     pub model_version: &'a ModelVersion,
+    /// The note's image (it replaces the stored one); `None` leaves the note without one.
+    pub image: Option<&'a StoredImage>,
 }
 
 /// A note as stored.
@@ -182,6 +184,8 @@ pub struct StoredNote {
     pub content_hash: String,
     pub embedding: Embedding,
     pub model_version: ModelVersion,
+    /// The SHA-256 (hex) of the note's image, when it has one.
+    pub image_hash: Option<String>,
     /// The change sequence of the note's latest write.
     pub seq: i64,
     pub created_at: SystemTime,
@@ -252,11 +256,13 @@ macro_rules! dispatch_always {
     };
 }
 
-// After the macro: `staging` dispatches with it.
+// After the macro: `staging` and `images` dispatch with it.
+mod images;
 mod listen;
 mod pgvector;
 mod staging;
 
+pub use images::StoredImage;
 pub use listen::{ChangeListener, Notice, HEARTBEAT_SQL};
 pub use pgvector::MAX_EF_SEARCH;
 
@@ -378,7 +384,7 @@ impl Store {
         embedding: &Embedding,
         model_version: &ModelVersion,
     ) -> Result<i64> {
-        let write = NoteWrite { id, note, content_hash, embedding, model_version };
+        let write = NoteWrite { id, note, content_hash, embedding, model_version, image: None };
         let seqs = self.put_notes(std::slice::from_ref(&write)).await?;
         seqs.first().copied().ok_or_else(|| StoreError::corrupt(id.as_str(), "no seq returned"))
     }
@@ -409,7 +415,7 @@ impl Store {
         dispatch!(self, b => b.get_embedding(id).await)
     }
 
-    /// Deletes a note (and any vector of it staged by a re-index); returns the delete's seq, or
+    /// Deletes a note (its image, and any vector of it staged by a re-index); returns the delete's seq, or
     /// `None` when the note is unknown (no change).
     pub async fn delete_note(&self, id: &NoteId) -> Result<Option<i64>> {
         dispatch!(self, b => b.delete_note(id).await)

@@ -31,11 +31,13 @@ type Embedded = (i64, &'static str, &'static str);
 pub(crate) const POSTGRES: &[Embedded] = &[
     (1, "init", include_str!("../../../migrations/postgres/0001_init.sql")),
     (2, "reindex", include_str!("../../../migrations/postgres/0002_reindex.sql")),
+    (3, "images", include_str!("../../../migrations/postgres/0003_images.sql")),
 ];
 
 pub(crate) const SQLITE: &[Embedded] = &[
     (1, "init", include_str!("../../../migrations/sqlite/0001_init.sql")),
     (2, "reindex", include_str!("../../../migrations/sqlite/0002_reindex.sql")),
+    (3, "images", include_str!("../../../migrations/sqlite/0003_images.sql")),
 ];
 
 /// What `notellm migrate` (or a connect) did to the schema.

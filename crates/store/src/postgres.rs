@@ -13,6 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgTransaction};
 
 use super::codec::{self, ChangeRow, EmbeddingRow, LabelRow, NoteRow, ScanRow};
+use super::images::{self, ImageRow, StoredImage};
 use super::migrations::{self, MigrationReport};
 use super::pgvector;
 use super::staging::{ActiveRow, ReindexRow};
@@ -49,6 +50,7 @@ pub fn changes_channel(schema: Option<&str>) -> String {
 /// Columns of a full note; `dim` and the timestamps are cast so that [`NoteRow`] fits both
 /// backends.
 const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content_hash, \
+     (SELECT i.image_hash FROM note_images AS i WHERE i.note_id = notes.note_id) AS image_hash, \
      embedding, dim::BIGINT AS dim, model_version, seq, \
      (EXTRACT(EPOCH FROM created_at) * 1000000)::BIGINT AS created_us, \
      (EXTRACT(EPOCH FROM updated_at) * 1000000)::BIGINT AS updated_us";
@@ -78,12 +80,14 @@ fn upsert_sql(vectors: bool) -> String {
 /// Deletes a note and any staged vector of it and leaves a tombstone; affects 0 rows when the
 /// note does not exist.
 const DELETE: &str = "WITH gone AS (DELETE FROM notes WHERE note_id = $1 RETURNING note_id), \
-          unstaged AS (DELETE FROM note_vectors WHERE note_id = $1) \
+          unstaged AS (DELETE FROM note_vectors WHERE note_id = $1), \
+          unimaged AS (DELETE FROM note_images WHERE note_id = $1) \
      INSERT INTO note_tombstones (note_id, seq) SELECT note_id, $2 FROM gone \
      ON CONFLICT (note_id) DO UPDATE SET seq = EXCLUDED.seq, deleted_at = now()";
 
 /// A note's text and seq with its current staged vector of version `$2` (re-index reads).
 const REINDEX_SELECT: &str = "SELECT n.note_id, n.title, n.content, n.hashtags, n.category, n.seq, \
+         (SELECT i.image_hash FROM note_images AS i WHERE i.note_id = n.note_id) AS image_hash, \
          v.embedding AS staged, v.dim::BIGINT AS staged_dim \
      FROM notes AS n LEFT JOIN note_vectors AS v \
          ON v.note_id = n.note_id AND v.model_version = $2 AND v.source_seq = n.seq";
@@ -209,6 +213,7 @@ impl PgStore {
                 .bind(seq);
             let q = if self.vectors { q.bind(pgvector::vector_text(w.embedding)) } else { q };
             q.execute(&mut *tx).await?;
+            write_image(&mut tx, w).await?;
             seqs.push(seq);
         }
         tx.commit().await?;
@@ -250,6 +255,22 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(Some(seq))
+    }
+
+    pub(crate) async fn image(&self, id: &NoteId) -> Result<Option<StoredImage>> {
+        let row: Option<ImageRow> =
+            sqlx::query_as(images::IMAGE_OF).bind(id.as_str()).fetch_optional(&self.pool).await?;
+        row.map(ImageRow::decode).transpose()
+    }
+
+    pub(crate) async fn image_by_hash(&self, encoder: &str, image_hash: &str) -> Result<Option<StoredImage>> {
+        let row: Option<ImageRow> =
+            sqlx::query_as(images::IMAGE_BY_HASH).bind(encoder).bind(image_hash).fetch_optional(&self.pool).await?;
+        row.map(ImageRow::decode).transpose()
+    }
+
+    pub(crate) async fn image_encoders(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(images::IMAGE_ENCODERS).fetch_all(&self.pool).await?)
     }
 
     pub(crate) async fn changes_since(&self, since: i64, limit: usize) -> Result<Vec<Change>> {
@@ -443,6 +464,24 @@ impl PgStore {
         .await?;
         row.map(ActiveRow::decode).transpose()
     }
+}
+
+/// Replaces the image row of the note `w` writes (none when it has no image).
+async fn write_image(tx: &mut PgTransaction<'_>, w: &NoteWrite<'_>) -> Result<()> {
+    sqlx::query(images::DELETE_IMAGE).bind(w.id.as_str()).execute(&mut **tx).await?;
+    if let Some(image) = w.image {
+        image.check(w.id.as_str())?;
+        sqlx::query(images::INSERT_IMAGE)
+            .bind(w.id.as_str())
+            .bind(&image.image_hash)
+            .bind(&image.encoder)
+            .bind(i64::from(image.tokens))
+            .bind(i64::from(image.width))
+            .bind(&image.features)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Allocates `n` consecutive sequence numbers inside `tx` and returns the first. The counter

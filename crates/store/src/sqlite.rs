@@ -20,6 +20,7 @@ use sqlx::sqlite::{
 };
 
 use super::codec::{self, ChangeRow, EmbeddingRow, LabelRow, NoteRow, ScanRow};
+use super::images::{self, ImageRow, StoredImage};
 use super::migrations::{self, MigrationReport};
 use super::staging::{ActiveRow, ReindexRow};
 use super::{
@@ -45,6 +46,7 @@ pub(crate) struct SqliteStore {
 }
 
 const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content_hash, \
+     (SELECT i.image_hash FROM note_images AS i WHERE i.note_id = notes.note_id) AS image_hash, \
      embedding, dim, model_version, seq, created_at AS created_us, updated_at AS updated_us";
 
 const ALLOCATE_SEQS: &str = "UPDATE notellm_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq";
@@ -61,6 +63,7 @@ const UPSERT: &str = "INSERT INTO notes (note_id, title, content, hashtags, cate
 
 /// A note's text and seq with its current staged vector of version `$2` (re-index reads).
 const REINDEX_SELECT: &str = "SELECT n.note_id, n.title, n.content, n.hashtags, n.category, n.seq, \
+         (SELECT i.image_hash FROM note_images AS i WHERE i.note_id = n.note_id) AS image_hash, \
          v.embedding AS staged, v.dim AS staged_dim \
      FROM notes AS n LEFT JOIN note_vectors AS v \
          ON v.note_id = n.note_id AND v.model_version = $2 AND v.source_seq = n.seq";
@@ -162,6 +165,7 @@ impl SqliteStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            write_image(&mut tx, w).await?;
             seqs.push(seq);
         }
         tx.commit().await?;
@@ -206,6 +210,7 @@ impl SqliteStore {
             return Ok(None);
         }
         sqlx::query("DELETE FROM note_vectors WHERE note_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query(images::DELETE_IMAGE).bind(id.as_str()).execute(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO note_tombstones (note_id, seq, deleted_at) VALUES ($1, $2, $3) \
              ON CONFLICT (note_id) DO UPDATE SET seq = excluded.seq, deleted_at = excluded.deleted_at",
@@ -217,6 +222,22 @@ impl SqliteStore {
         .await?;
         tx.commit().await?;
         Ok(Some(seq))
+    }
+
+    pub(crate) async fn image(&self, id: &NoteId) -> Result<Option<StoredImage>> {
+        let row: Option<ImageRow> =
+            sqlx::query_as(images::IMAGE_OF).bind(id.as_str()).fetch_optional(&self.reader).await?;
+        row.map(ImageRow::decode).transpose()
+    }
+
+    pub(crate) async fn image_by_hash(&self, encoder: &str, image_hash: &str) -> Result<Option<StoredImage>> {
+        let row: Option<ImageRow> =
+            sqlx::query_as(images::IMAGE_BY_HASH).bind(encoder).bind(image_hash).fetch_optional(&self.reader).await?;
+        row.map(ImageRow::decode).transpose()
+    }
+
+    pub(crate) async fn image_encoders(&self) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(images::IMAGE_ENCODERS).fetch_all(&self.reader).await?)
     }
 
     pub(crate) async fn changes_since(&self, since: i64, limit: usize) -> Result<Vec<Change>> {
@@ -448,6 +469,24 @@ async fn discard_if_stuck(conn: &mut sqlx::SqliteConnection) -> std::result::Res
     Ok(!stuck)
 }
 
+/// Replaces the image row of the note `w` writes (none when it has no image).
+async fn write_image(tx: &mut SqliteTransaction<'_>, w: &NoteWrite<'_>) -> Result<()> {
+    sqlx::query(images::DELETE_IMAGE).bind(w.id.as_str()).execute(&mut **tx).await?;
+    if let Some(image) = w.image {
+        image.check(w.id.as_str())?;
+        sqlx::query(images::INSERT_IMAGE)
+            .bind(w.id.as_str())
+            .bind(&image.image_hash)
+            .bind(&image.encoder)
+            .bind(i64::from(image.tokens))
+            .bind(i64::from(image.width))
+            .bind(&image.features)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Allocates `n` consecutive sequence numbers inside `tx` and returns the first.
 async fn allocate_seqs(tx: &mut SqliteTransaction<'_>, n: usize) -> Result<i64> {
     let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
@@ -505,7 +544,7 @@ mod tests {
         let target = SqliteTarget::File(dir.path().join("t.sqlite"));
         let opts = StoreOptions { min_connections: 2, ..StoreOptions::default() };
         let (store, report) = SqliteStore::connect(&target, &opts).await.unwrap();
-        assert_eq!(report.applied_now, vec![1, 2]);
+        assert_eq!(report.applied_now, vec![1, 2, 3]);
         for pool in [&store.writer, &store.reader] {
             let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.unwrap();
             assert_eq!(sync, 2, "synchronous = FULL");

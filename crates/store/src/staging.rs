@@ -28,6 +28,8 @@ pub struct ReindexNote {
     pub id: NoteId,
     pub note: Note,
     pub seq: i64,
+    /// The SHA-256 (hex) of the note's image, when it has one (its features: [`Store::image`]).
+    pub image_hash: Option<String>,
     pub staged: Option<Embedding>,
 }
 
@@ -123,6 +125,7 @@ pub(crate) struct ReindexRow {
     hashtags: String,
     category: Option<String>,
     seq: i64,
+    image_hash: Option<String>,
     staged: Option<Vec<u8>>,
     staged_dim: Option<i64>,
 }
@@ -144,6 +147,7 @@ impl ReindexRow {
                 category: self.category,
             },
             seq: self.seq,
+            image_hash: self.image_hash,
             staged,
         })
     }

@@ -53,6 +53,15 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message).retry(1)
     }
 
+    /// A note's image refused: 413 `image_too_large` for its size, else 422 `invalid_image`.
+    pub fn image(e: &notellm_service::ImageError) -> Self {
+        if e.is_size() {
+            Self::new(StatusCode::PAYLOAD_TOO_LARGE, "image_too_large", e.to_string())
+        } else {
+            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_image", e.to_string())
+        }
+    }
+
     /// 413 `body_too_large`: over `--body-limit-bytes` (said by `Content-Length` or found
     /// while reading).
     pub fn body_too_large() -> Self {
@@ -65,7 +74,7 @@ impl ApiError {
         Self::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", "the request body did not arrive in time")
     }
 
-    fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
 }

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState, WriteAuth};
+use std::sync::Arc;
+
+use base64::Engine;
 use notellm_note::{Note, NoteId};
-use notellm_service::ServiceLimits;
+use notellm_service::{ImageError, ImageLimits, NoteUpload, ServiceLimits};
 
 /// A note as clients send it.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +26,9 @@ pub struct NoteBody {
     pub hashtags: Vec<String>,
     #[serde(default)]
     pub category: Option<String>,
+    /// The note's image: a PNG, JPEG or WebP file in standard base64.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 pub fn parse_id(raw: &str) -> Result<NoteId, ApiError> {
@@ -48,11 +54,50 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPath {
     }
 }
 
-/// Checks a note's fields against the limits ([`Note::check`], as the offline commands do).
-pub fn validate(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
+/// Checks a note's fields against the limits ([`Note::check`], as the offline commands do) and
+/// decodes its image, if any ([`decode_image`]).
+pub async fn validate(id: NoteId, mut body: NoteBody, l: &ServiceLimits) -> Result<NoteUpload, ApiError> {
+    let image = body.image.take();
+    let note = validate_text(body, l)?;
+    let image = match image {
+        Some(b64) => Some(Arc::new(decode_image(b64, l.image).await?)),
+        None => None,
+    };
+    Ok(NoteUpload { id, note, image })
+}
+
+/// [`validate`] for a draft (`POST /related`, `/suggest-tags`): text only, nothing stored.
+pub fn validate_text(body: NoteBody, l: &ServiceLimits) -> Result<Note, ApiError> {
+    if body.image.is_some() {
+        return Err(ApiError::invalid(
+            "a draft is embedded by its text: `image` is only taken by PUT /notes and the batch",
+        ));
+    }
     let note = Note { title: body.title, content: body.content, hashtags: body.hashtags, category: body.category };
     note.check(&l.note).map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(note)
+}
+
+/// A note's base64 image, checked and decoded off the async runtime (`image_input::decode`):
+/// 413 over the byte or pixel limits, 422 when it is not a PNG, JPEG or WebP file. The size is
+/// checked from the base64 length before anything is decoded.
+async fn decode_image(b64: String, limits: ImageLimits) -> Result<notellm_model::image_input::ImageInput, ApiError> {
+    let bytes_at_least = b64.trim_end_matches('=').len() / 4 * 3;
+    if bytes_at_least > limits.max_bytes {
+        return Err(ApiError::image(&ImageError::TooLarge { bytes: bytes_at_least, max: limits.max_bytes }));
+    }
+    let decoded = tokio::task::spawn_blocking(move || {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_bytes())
+            .map_err(|e| ImageError::Decode(format!("`image` is not standard base64: {e}")))?;
+        notellm_model::image_input::decode(&bytes, &limits)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "image decoding task failed");
+        ApiError::internal()
+    })?;
+    decoded.map_err(|e| ApiError::image(&e))
 }
 
 pub async fn put_note(
@@ -61,8 +106,10 @@ pub async fn put_note(
     IdPath(id): IdPath,
     ApiJson(body): ApiJson<NoteBody>,
 ) -> Result<Response, ApiError> {
-    let note = validate(body, &s.app.limits)?;
-    Ok(super::put_response(s.app.put_note(id, note).await?))
+    let upload = validate(id, body, &s.app.limits).await?;
+    let outcome = s.app.put_uploads(vec![upload]).await?.pop();
+    let outcome = outcome.unwrap_or_else(|| Err(notellm_service::AppError::Internal("note was not processed".into())));
+    Ok(super::put_response(outcome?))
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +120,9 @@ struct NoteView {
     hashtags: Vec<String>,
     category: Option<String>,
     model_version: notellm_note::ModelVersion,
+    /// SHA-256 (hex) of the note's image, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_sha256: Option<String>,
     seq: i64,
     updated_at_unix: u64,
 }
@@ -87,6 +137,7 @@ pub async fn get_note(State(s): State<AppState>, IdPath(id): IdPath) -> Result<J
         hashtags: n.note.hashtags,
         category: n.note.category,
         model_version: n.model_version,
+        image_sha256: n.image_hash,
         seq: n.seq,
         updated_at_unix: updated,
     };
@@ -113,7 +164,7 @@ pub struct BatchBody {
 pub type BatchNote = serde_json::Map<String, serde_json::Value>;
 
 /// One batch entry after validation: the note to write, or its id as given (if any) and why not.
-type Slot = Result<(NoteId, Note), (Option<String>, ApiError)>;
+type Slot = Result<NoteUpload, (Option<String>, ApiError)>;
 
 /// Per-note results in input order; a bad note does not fail the others.
 pub async fn put_batch(
@@ -145,7 +196,7 @@ pub async fn put_batch(
                 continue;
             }
         };
-        let parsed = parse_id(&raw).and_then(|id| {
+        let parsed = match parse_id(&raw).and_then(|id| {
             if !seen.insert(id.clone()) {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -155,16 +206,19 @@ pub async fn put_batch(
             }
             let b: NoteBody = serde_json::from_value(serde_json::Value::Object(entry))
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
-            Ok((id, validate(b, l)?))
-        });
+            Ok((id, b))
+        }) {
+            Ok((id, b)) => validate(id, b, l).await,
+            Err(e) => Err(e),
+        };
         slots.push(parsed.map_err(|e| (Some(raw), e)));
     }
-    let good: Vec<(NoteId, Note)> = slots.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-    let mut done = s.app.put_notes(good).await?.into_iter();
+    let good: Vec<NoteUpload> = slots.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let mut done = s.app.put_uploads(good).await?.into_iter();
     let results: Vec<serde_json::Value> = slots
         .into_iter()
         .map(|slot| match slot {
-            Ok((id, _)) => match done.next() {
+            Ok(NoteUpload { id, .. }) => match done.next() {
                 Some(Ok(o)) => serde_json::to_value(o).unwrap_or_default(),
                 Some(Err(e)) => error_entry(Some(id.as_str()), e.into()),
                 None => error_entry(Some(id.as_str()), ApiError::invalid("not processed")),

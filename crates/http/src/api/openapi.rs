@@ -40,6 +40,16 @@ fn note_properties(l: &ServiceLimits) -> Value {
     })
 }
 
+/// A stored note's fields and its optional image.
+fn note_body_properties(l: &ServiceLimits) -> Value {
+    let mut props = note_properties(l);
+    props["image"] = json!({ "type": ["string", "null"], "contentEncoding": "base64",
+        "description": format!("the note's image, a PNG, JPEG or WebP file in standard base64 (at most {} bytes \
+            decoded, {} px on a side; 413 image_too_large above, 422 invalid_image when it is not such a file). \
+            Needs a multimodal checkpoint; counts toward the body limit", l.image.max_bytes, l.image.max_side) });
+    props
+}
+
 /// "The title or the content is not blank" (what a note needs to be embedded).
 fn some_text() -> Value {
     json!([
@@ -122,8 +132,10 @@ fn paths_and_schemas(l: &ServiceLimits, default_k: usize) -> Value {
                 "put": { "summary": "Embed, store and index a note (an unchanged re-PUT is a no-op)", "security": auth, "parameters": [id],
                     "requestBody": body("NoteBody"),
                     "responses": { "201": ok("created", "PutOutcome"), "200": ok("updated or unchanged", "PutOutcome"),
-                        "400": err("malformed JSON"), "401": err("missing or wrong API key"), "413": err("body too large"),
-                        "415": err("not application/json"), "422": err("invalid fields or note id"),
+                        "400": err("malformed JSON"), "401": err("missing or wrong API key"),
+                        "413": err("body too large, or the image over its byte or pixel limit (image_too_large)"),
+                        "415": err("not application/json"),
+                        "422": err("invalid fields or note id, an image that is not PNG, JPEG or WebP (invalid_image), or an image for a text-only checkpoint"),
                         "503": err("queue full, not ready or store unreachable (Retry-After)"),
                         "507": err("the store is out of space (Retry-After)") } },
                 "get": { "summary": "A stored note", "parameters": [id],
@@ -178,7 +190,7 @@ fn paths_and_schemas(l: &ServiceLimits, default_k: usize) -> Value {
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "NOTELLM_API_KEY; required on writes and /admin when set" } },
             "schemas": {
-                "NoteBody": { "type": "object", "additionalProperties": false, "properties": note_properties(l),
+                "NoteBody": { "type": "object", "additionalProperties": false, "properties": note_body_properties(l),
                     "anyOf": some_text(), "description": "the title or the content must not be blank" },
                 "BatchBody": { "type": "object", "required": ["notes"], "properties": { "notes": { "type": "array",
                     "minItems": 1, "maxItems": l.max_notes_per_batch,
@@ -194,8 +206,9 @@ fn paths_and_schemas(l: &ServiceLimits, default_k: usize) -> Value {
                     { "type": "object", "properties": { "note_id": { "type": ["string", "null"], "description": "null when the entry had no string note_id" }, "status": { "const": "error" }, "error": { "$ref": "#/components/schemas/ErrorBody", "description": "invalid_note_id, duplicate_note_id (an id repeated in one batch: only its first entry is written), invalid_request, ..." } } } ] } } } },
                 "StoredNote": { "type": "object", "properties": { "note_id": { "type": "string" }, "title": { "type": "string" },
                     "content": { "type": "string" }, "hashtags": { "type": "array", "items": { "type": "string" } },
-                    "category": { "type": ["string", "null"] }, "model_version": { "type": "string" }, "seq": { "type": "integer" },
-                    "updated_at_unix": { "type": "integer" } } },
+                    "category": { "type": ["string", "null"] }, "model_version": { "type": "string" },
+                    "image_sha256": { "type": "string", "description": "SHA-256 of the note's image; absent when it has none" },
+                    "seq": { "type": "integer" }, "updated_at_unix": { "type": "integer" } } },
                 "Related": { "type": "object", "properties": { "note_id": { "type": "string" }, "model_version": { "type": "string" },
                     "related": { "type": "array", "items": { "type": "object", "properties": {
                         "note_id": { "type": "string" }, "score": { "type": "number", "description": "cosine similarity" } } } } } },

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::notes::{validate, IdPath, NoteBody};
+use super::notes::{validate_text, IdPath, NoteBody};
 use super::{ApiError, ApiJson, ApiQuery, AppState};
 use notellm_service::Related;
 
@@ -55,6 +55,6 @@ pub async fn related_draft(
     let note: NoteBody =
         serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| ApiError::invalid(e.to_string()))?;
     let k = check_k(k, &s)?;
-    let note = validate(note, &s.app.limits)?;
+    let note = validate_text(note, &s.app.limits)?;
     Ok(Json(s.app.related_draft(&note, k).await?))
 }

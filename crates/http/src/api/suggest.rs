@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::notes::{validate, NoteBody};
+use super::notes::{validate_text, NoteBody};
 use super::{ApiError, ApiJson, AppState};
 use notellm_service::Suggested;
 
@@ -32,6 +32,9 @@ pub async fn suggest_tags(
             l.max_suggest_hashtags
         )));
     }
-    let note = validate(NoteBody { title: b.title, content: b.content, hashtags: Vec::new(), category: None }, l)?;
+    let note = validate_text(
+        NoteBody { title: b.title, content: b.content, hashtags: Vec::new(), category: None, image: None },
+        l,
+    )?;
     Ok(Json(s.app.suggest(note, j).await?))
 }

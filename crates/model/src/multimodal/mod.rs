@@ -285,7 +285,11 @@ pub struct MultimodalNoteLlm {
 impl MultimodalNoteLlm {
     /// Loads the checkpoint in `dir` (f32 on CPU).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let text = NoteLlm::load(dir, device)?;
+        Self::with_text(NoteLlm::load(dir, device)?, dir, device)
+    }
+
+    /// The rest of the multimodal checkpoint in `dir` around its already loaded text model.
+    pub fn with_text(text: NoteLlm, dir: &Path, device: &Device) -> Result<Self> {
         let cfg = text.config().multimodal.clone().ok_or_else(|| {
             ModelError::Input(format!("{} is a text-only checkpoint (notellm.json has no `multimodal`)", dir.display()))
         })?;
@@ -349,13 +353,35 @@ impl MultimodalNoteLlm {
         Ok(self.prompt.layout(self.connector.queries(), &ids))
     }
 
+    /// The note half's token ids of `note`'s mICL prompt ([`MiclPrompt::note_ids`]).
+    pub fn note_ids(&self, note: &Note) -> Result<Vec<u32>> {
+        self.prompt.note_ids(self.text.tokenizer(), self.text.config(), note)
+    }
+
+    /// Input vectors of the whole mICL sequence of a note whose note half is `note_ids` long:
+    /// what a batch of image notes pays per row.
+    pub fn seq_len(&self, note_ids: usize) -> usize {
+        self.prompt.before_image.len() + self.connector.queries() + self.prompt.after_image.len() + 1 + note_ids
+    }
+
     /// Fused states of notes with their images' features, before the head.
     pub fn states(&self, notes: &[Note], image: &Tensor) -> Result<MiclStates> {
-        let ids = notes
-            .iter()
-            .map(|n| self.prompt.note_ids(self.text.tokenizer(), self.text.config(), n))
-            .collect::<Result<Vec<_>>>()?;
-        micl_forward(self.text.decoder(), &self.prompt, &self.connector, &ids, image, self.text.tokenizer().pad_id)
+        let ids = notes.iter().map(|n| self.note_ids(n)).collect::<Result<Vec<_>>>()?;
+        self.states_of_ids(&ids, image)
+    }
+
+    fn states_of_ids(&self, ids: &[Vec<u32>], image: &Tensor) -> Result<MiclStates> {
+        micl_forward(self.text.decoder(), &self.prompt, &self.connector, ids, image, self.text.tokenizer().pad_id)
+    }
+
+    /// The note embeddings (what retrieval uses) of already-tokenised note halves
+    /// ([`note_ids`](Self::note_ids)) with their images' features (`[b, tokens, width]`).
+    pub fn embed_ids(&self, ids: &[Vec<u32>], image: &Tensor) -> Result<Vec<Embedding>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let states = self.states_of_ids(ids, image)?;
+        self.text.project(&states.note)
     }
 
     /// The note and image embeddings of notes with images (one forward pass).

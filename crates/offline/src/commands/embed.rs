@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::time::Instant;
 
 use crate::jsonl::{LineError, NoteReader, OnError};
-use notellm_model::{batching, ModelError, NoteLlm};
+use notellm_model::{batching, ModelError, ServedModel};
 use notellm_note::{NoteId, NoteLimits};
 
 /// Batches per sorting window.
@@ -39,7 +39,7 @@ struct OutLine<'a> {
 
 /// Embeds every note of `input` and writes one line per note to `output`.
 pub fn run<R: BufRead, W: Write>(
-    model: &NoteLlm,
+    model: &ServedModel,
     input: R,
     mut output: W,
     batch_size: usize,

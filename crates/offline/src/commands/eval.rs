@@ -230,9 +230,14 @@ pub fn run(
                 let model = notellm_model::multimodal::MultimodalNoteLlm::load(dir, device)?;
                 let images = crate::eval::images::load_images(&data, &ids)?;
                 let cache = notellm_artifacts::vision::feature_cache(model.encoder())?;
-                let embs =
+                let both =
                     crate::eval::images::multimodal_embeddings(&model, Some(&cache), &notes, &images, opts.batch_size)?;
+                let (embs, image_embs): (Vec<_>, Vec<_>) = both.into_iter().map(|e| (e.note, e.image)).unzip();
                 let encode = started.elapsed().as_secs_f64();
+                // The image embedding, from the same pass: what the image alone says.
+                let image_only = evaluate_dense(&ids, &image_embs, pairs, &recall_opts)?;
+                let timing = Timing { notes: ids.len(), encode_seconds: encode, search_seconds: image_only.seconds };
+                table.push(&format!("{name}, its image embedding (image only)"), &image_only, timing)?;
                 (evaluate_dense(&ids, &embs, pairs, &recall_opts)?, encode)
             }
             System::NoteLlm { dir, .. } => {

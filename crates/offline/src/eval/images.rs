@@ -16,7 +16,7 @@ use crate::data::Dataset;
 use crate::eval::{EvalError, Result};
 use notellm_model::features::{features_of, FeatureCache};
 use notellm_model::image_input::{ImageHash, ImageInput};
-use notellm_model::multimodal::MultimodalNoteLlm;
+use notellm_model::multimodal::{MiclEmbedding, MultimodalNoteLlm};
 use notellm_model::vision::VisionEncoder;
 use notellm_note::{Embedding, Note, NoteId};
 
@@ -95,15 +95,17 @@ pub fn encoder_embeddings(
         .collect()
 }
 
-/// NoteLLM-2's note embeddings (mICL prompt with the image, late fusion) of `notes`, each with
-/// its image; features through `cache`, `batch` notes per forward pass.
+/// NoteLLM-2's two embeddings (mICL prompt with the image, late fusion) of `notes`, each with
+/// its image: the note embedding (retrieval) and the image embedding (the state before
+/// `<IMG_EMB>`, which sees the image alone). Features through `cache`, `batch` notes per
+/// forward pass.
 pub fn multimodal_embeddings(
     model: &MultimodalNoteLlm,
     cache: Option<&FeatureCache>,
     notes: &[Note],
     images: &[ImageInput],
     batch: usize,
-) -> Result<Vec<Embedding>> {
+) -> Result<Vec<MiclEmbedding>> {
     if notes.len() != images.len() {
         return Err(EvalError::Input(format!("{} notes but {} images", notes.len(), images.len())));
     }
@@ -115,7 +117,7 @@ pub fn multimodal_embeddings(
     for (i, chunk) in notes.chunks(batch.max(1)).enumerate() {
         let start = i * batch.max(1);
         let feats = hidden.narrow(0, start, chunk.len())?.to_device(model.encoder().device())?;
-        out.extend(model.embed(chunk, &feats)?.into_iter().map(|e| e.note));
+        out.extend(model.embed(chunk, &feats)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

@@ -7,19 +7,24 @@
 //! chunk waits at most [`MAX_DEFER`], so that a saturated service still re-indexes, at about
 //! one chunk per `MAX_DEFER`. While the switch holds writes, chunks do not yield: live notes
 //! queued then are writes that will wait for the switch anyway.
+//!
+//! A note with an image comes with its stored image features; a multimodal checkpoint embeds
+//! it with its mICL prompt (the image notes of a chunk in one pass), a text-only one with the
+//! text prompt alone.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
 use tokio::sync::oneshot;
 
 use super::ReindexError;
 use crate::batcher::Foreground;
 use crate::metrics::Metrics;
 use notellm_index::NoteIndex;
-use notellm_model::NoteLlm;
+use notellm_model::ServedModel;
 use notellm_note::{Embedding, Note, NoteId};
 
 /// Longest a chunk yields to live batches before it runs anyway.
@@ -29,9 +34,12 @@ const POLL: Duration = Duration::from_millis(2);
 
 type Reply = Result<Vec<(NoteId, Embedding)>, ReindexError>;
 
+/// A note to embed, with its image's stored features (`[tokens, width]`) when it has one.
+pub(super) type ToEmbed = (NoteId, Note, Option<Tensor>);
+
 struct Work {
     /// Notes to embed.
-    embed: Vec<(NoteId, Note)>,
+    embed: Vec<ToEmbed>,
     /// Vectors already at hand (reused from an earlier attempt): indexed only.
     ready: Vec<(NoteId, Embedding)>,
     /// Wait for the live path to be idle first.
@@ -47,7 +55,7 @@ pub(super) struct Embedder {
 
 impl Embedder {
     pub(super) fn spawn(
-        model: Arc<NoteLlm>,
+        model: Arc<ServedModel>,
         index: Arc<NoteIndex>,
         foreground: Arc<Foreground>,
         metrics: Metrics,
@@ -62,12 +70,7 @@ impl Embedder {
 
     /// Embeds `embed`, inserts those vectors and `ready` into the new index, and returns the
     /// embedded ones (in order). `yield_to_live`: wait (up to [`MAX_DEFER`]) for an idle moment.
-    pub(super) async fn run(
-        &self,
-        embed: Vec<(NoteId, Note)>,
-        ready: Vec<(NoteId, Embedding)>,
-        yield_to_live: bool,
-    ) -> Reply {
+    pub(super) async fn run(&self, embed: Vec<ToEmbed>, ready: Vec<(NoteId, Embedding)>, yield_to_live: bool) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Work { embed, ready, yield_to_live, reply })
@@ -76,7 +79,7 @@ impl Embedder {
     }
 }
 
-fn worker(rx: &Receiver<Work>, model: &NoteLlm, index: &NoteIndex, fg: &Foreground, m: &Metrics) {
+fn worker(rx: &Receiver<Work>, model: &ServedModel, index: &NoteIndex, fg: &Foreground, m: &Metrics) {
     while let Ok(w) = rx.recv() {
         let result = chunk(w.embed, w.ready, w.yield_to_live, model, index, fg, m);
         let _ = w.reply.send(result);
@@ -84,23 +87,22 @@ fn worker(rx: &Receiver<Work>, model: &NoteLlm, index: &NoteIndex, fg: &Foregrou
 }
 
 fn chunk(
-    embed: Vec<(NoteId, Note)>,
+    embed: Vec<ToEmbed>,
     mut ready: Vec<(NoteId, Embedding)>,
     yield_to_live: bool,
-    model: &NoteLlm,
+    model: &ServedModel,
     index: &NoteIndex,
     fg: &Foreground,
     m: &Metrics,
 ) -> Reply {
     let mut embedded = Vec::with_capacity(embed.len());
-    if let Some((first, _)) = embed.first() {
+    if let Some((first, _, _)) = embed.first() {
         let waiting = Instant::now();
         while yield_to_live && !fg.is_idle() && waiting.elapsed() < MAX_DEFER {
             std::thread::sleep(POLL);
         }
-        let notes: Vec<Note> = embed.iter().map(|(_, n)| n.clone()).collect();
-        let _span = tracing::debug_span!("reindex_chunk", size = notes.len()).entered();
-        let out = fg.exclusive(|| std::panic::catch_unwind(AssertUnwindSafe(|| model.embed(&notes))));
+        let _span = tracing::debug_span!("reindex_chunk", size = embed.len()).entered();
+        let out = fg.exclusive(|| std::panic::catch_unwind(AssertUnwindSafe(|| embed_notes(model, &embed))));
         let fail = |reason: String| ReindexError::Embed { id: first.to_string(), reason };
         let vectors = match out {
             Ok(Ok(v)) if v.len() == embed.len() => v,
@@ -109,9 +111,35 @@ fn chunk(
             Err(_) => return Err(fail("the model panicked".into())),
         };
         m.reindex_embedded.inc_by(embed.len() as u64);
-        embedded.extend(embed.into_iter().map(|(id, _)| id).zip(vectors));
+        embedded.extend(embed.into_iter().map(|(id, _, _)| id).zip(vectors));
     }
     ready.extend(embedded.iter().cloned());
     index.upsert_batch(&ready)?;
     Ok(embedded)
+}
+
+/// The new model's vectors of `embed`, in order: the text notes in one pass, the image notes
+/// (a multimodal checkpoint) in another.
+fn embed_notes(model: &ServedModel, embed: &[ToEmbed]) -> notellm_model::Result<Vec<Embedding>> {
+    let (images, texts): (Vec<usize>, Vec<usize>) = match model.multimodal() {
+        Some(_) => (0..embed.len()).partition(|&i| embed[i].2.is_some()),
+        None => (Vec::new(), (0..embed.len()).collect()),
+    };
+    let mut out: Vec<Option<Embedding>> = vec![None; embed.len()];
+    let notes: Vec<Note> = texts.iter().map(|&i| embed[i].1.clone()).collect();
+    for (&i, e) in texts.iter().zip(model.embed(&notes)?) {
+        out[i] = Some(e);
+    }
+    if let (Some(mm), false) = (model.multimodal(), images.is_empty()) {
+        let ids = images.iter().map(|&i| mm.note_ids(&embed[i].1)).collect::<notellm_model::Result<Vec<_>>>()?;
+        let features: Vec<Tensor> = images.iter().filter_map(|&i| embed[i].2.clone()).collect();
+        let stacked = Tensor::stack(&features, 0)?.to_device(mm.encoder().device())?;
+        for (&i, e) in images.iter().zip(mm.embed_ids(&ids, &stacked)?) {
+            out[i] = Some(e);
+        }
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, e)| e.ok_or_else(|| notellm_model::ModelError::Input(format!("note {i} of the chunk got no vector"))))
+        .collect()
 }

@@ -35,7 +35,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use notellm_index::IndexError;
-use notellm_model::{CheckpointFiles, ModelError};
+use notellm_model::served::ServedFiles;
+use notellm_model::ModelError;
 use notellm_store::StoreError;
 
 use job::Slot;
@@ -132,7 +133,7 @@ impl Reindexer {
         let files = tokio::task::spawn_blocking(move || {
             let canonical =
                 std::fs::canonicalize(&dir).map_err(|e| (None, ModelError::Io { path: dir.clone(), source: e }))?;
-            CheckpointFiles::open(&canonical).map_err(|e| (Some(canonical), e))
+            ServedFiles::open(&canonical).map_err(|e| (Some(canonical), e))
         })
         .await
         .map_err(|e| ReindexError::Internal(format!("checkpoint check task: {e}")))?
@@ -145,9 +146,16 @@ impl Reindexer {
             ReindexError::BadModel { path: given.clone(), reason }
         })?;
         let from = self.app.model_version();
-        let to = notellm_note::ModelVersion(files.notellm.model_version.clone());
+        let to = files.version.clone();
         if to == from {
             return Err(ReindexError::AlreadyServing(to.0));
+        }
+        if let Some(vision) = files.vision.clone() {
+            let fingerprint = tokio::task::spawn_blocking(move || notellm_model::vision::dir_fingerprint(&vision))
+                .await
+                .map_err(|e| ReindexError::Internal(format!("encoder fingerprint task: {e}")))?
+                .map_err(|e| ReindexError::BadModel { path: given.clone(), reason: e.to_string() })?;
+            self.check_image_encoder(&fingerprint, &given).await?;
         }
         let job = self.slot.begin(&files.dir, &from, &to, req.batch_notes, &self.app.metrics)?;
         let span = tracing::info_span!("reindex", job = %job.id(), from = %from, to = %to);
@@ -158,6 +166,29 @@ impl Reindexer {
             span,
         ));
         Ok(job.status())
+    }
+
+    /// A multimodal checkpoint must share the image encoder of every stored image's features
+    /// (`fingerprint`, [`notellm_model::vision::dir_fingerprint`]): the store keeps the
+    /// features, not the images, so another encoder would need them sent again. Checked before
+    /// the job starts, so the refusal is the request's answer.
+    async fn check_image_encoder(&self, fingerprint: &str, given: &str) -> Result<(), ReindexError> {
+        let other: Vec<(String, u64)> =
+            self.app.store.image_encoders().await?.into_iter().filter(|(e, _)| e != fingerprint).collect();
+        if let Some((encoder, _)) = other.first() {
+            let images: u64 = other.iter().map(|(_, n)| n).sum();
+            return Err(ReindexError::BadModel {
+                path: given.to_owned(),
+                reason: format!(
+                    "{images} stored images have features of another image encoder ({}...) than this checkpoint's \
+                     ({}...); the store keeps features, not images, so re-index with a checkpoint of the same \
+                     encoder, or PUT those notes with their images again",
+                    &encoder[..encoder.len().min(12)],
+                    &fingerprint[..fingerprint.len().min(12)]
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The running re-index, else the last one since this process started.

@@ -4,13 +4,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::embedder::Embedder;
+use candle_core::Tensor;
+
+use super::embedder::{Embedder, ToEmbed};
 use super::job::{Job, ReindexState};
 use super::ReindexError;
 use crate::App;
 use notellm_index::NoteIndex;
-use notellm_model::NoteLlm;
-use notellm_note::{Embedding, ModelVersion, Note, NoteId};
+use notellm_model::features::from_f16_bytes;
+use notellm_model::ServedModel;
+use notellm_note::{Embedding, ModelVersion, NoteId};
 use notellm_store::{Change, ReindexNote, StagedVector, Switch};
 
 /// Changes read per `changes_since` call while catching up.
@@ -26,6 +29,8 @@ struct Ctx {
     version: ModelVersion,
     index: Arc<NoteIndex>,
     embedder: Embedder,
+    /// The new model (which features an image note needs).
+    model: Arc<ServedModel>,
     batch_notes: usize,
 }
 
@@ -59,7 +64,7 @@ async fn steps(
 ) -> Result<(), ReindexError> {
     let device = app.template().device.clone();
     let dir = model_dir.to_owned();
-    let model = tokio::task::spawn_blocking(move || NoteLlm::load(&dir, &device))
+    let model = tokio::task::spawn_blocking(move || ServedModel::load(&dir, &device))
         .await
         .map_err(|e| ReindexError::Internal(format!("model load task: {e}")))??;
     if *model.version() != version {
@@ -72,7 +77,7 @@ async fn steps(
     let index: Arc<NoteIndex> = Arc::new(app.template().index_for(&model)?);
     let foreground = app.serving().batcher.foreground();
     let embedder = Embedder::spawn(model.clone(), index.clone(), foreground, app.metrics.clone())?;
-    let ctx = Ctx { app: app.clone(), job: job.clone(), version, index, embedder, batch_notes };
+    let ctx = Ctx { app: app.clone(), job: job.clone(), version, index, embedder, model: model.clone(), batch_notes };
 
     job.check_cancel()?;
     let start = app.store.max_seq().await?;
@@ -165,14 +170,20 @@ async fn catch_up(ctx: &Ctx, pos: &mut i64, background: bool) -> Result<u64, Rei
 /// staged vectors were reused. `background`: yield to live batches.
 async fn embed_chunk(ctx: &Ctx, notes: Vec<ReindexNote>, background: bool) -> Result<u64, ReindexError> {
     let mut ready: Vec<(NoteId, Embedding)> = Vec::new();
-    let mut todo: Vec<(NoteId, Note)> = Vec::new();
+    let mut todo: Vec<ToEmbed> = Vec::new();
     let mut seqs: Vec<i64> = Vec::new();
+    let fingerprint = ctx.model.encoder_fingerprint();
     for n in notes {
         match n.staged {
             Some(e) => ready.push((n.id, e)),
             None => {
+                // A text-only checkpoint embeds an image note by its text.
+                let features = match (fingerprint, &n.image_hash) {
+                    (Some(fp), Some(_)) => stored_features(ctx, &n.id, fp).await?,
+                    _ => None,
+                };
                 seqs.push(n.seq);
-                todo.push((n.id, n.note));
+                todo.push((n.id, n.note, features));
             }
         }
     }
@@ -190,8 +201,29 @@ async fn embed_chunk(ctx: &Ctx, notes: Vec<ReindexNote>, background: bool) -> Re
     Ok(reused)
 }
 
+/// The stored features of note `id`'s image, which must be of encoder `fingerprint`.
+async fn stored_features(ctx: &Ctx, id: &NoteId, fingerprint: &str) -> Result<Option<Tensor>, ReindexError> {
+    let Some(image) = ctx.app.store.image(id).await? else { return Ok(None) };
+    if image.encoder != fingerprint {
+        return Err(ReindexError::Embed {
+            id: id.to_string(),
+            reason: "its image's stored features are of another image encoder than the new checkpoint's \
+                     (it was written during the re-index); PUT it with its image again"
+                .into(),
+        });
+    }
+    let features = from_f16_bytes(&image.features, image.tokens as usize, image.width as usize)
+        .map_err(|e| ReindexError::Embed { id: id.to_string(), reason: format!("stored image features: {e}") })?;
+    Ok(Some(features))
+}
+
 /// Holds writes, applies the last changes, switches the store and swaps the serving model.
-async fn switch(ctx: &Ctx, model: Arc<NoteLlm>, model_dir: &std::path::Path, mut pos: i64) -> Result<(), ReindexError> {
+async fn switch(
+    ctx: &Ctx,
+    model: Arc<ServedModel>,
+    model_dir: &std::path::Path,
+    mut pos: i64,
+) -> Result<(), ReindexError> {
     let (app, job) = (&ctx.app, &ctx.job);
     job.set_state(ReindexState::Switching);
     if app.template().backend == crate::IndexBackend::Pgvector {
