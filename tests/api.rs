@@ -887,16 +887,19 @@ async fn a_full_disk_answers_507_and_recovers_without_a_restart() {
     s.stop().await;
 }
 
-/// What hyper refuses before routing is JSON too: a 100 KB URI, a request line that is not
-/// HTTP. (A header block past hyper's buffer, 431, is left to the unit tests of the rewrite:
-/// whether hyper refuses it depends on how the bytes arrive, and when it does the unread rest
-/// of a large request can reset the connection before the client reads the answer.)
+/// What hyper refuses before routing is JSON too: a request line and headers past the
+/// connection's read buffer (exactly `MAX_HEAD_BYTES` of unfinished headers: the server reads
+/// them all, so no unread rest resets the connection before the client reads the answer; with
+/// hyper's default buffer of about 400 KB the server waited for more instead), a request line
+/// that is not HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_the_parser_refuses_answer_in_json() {
     use tokio::io::AsyncWriteExt;
     let s = start(&Backend::sqlite(), |_, _| {}).await;
-    let long_uri = format!("GET /related/a?pad={} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(100_000));
-    let cases = [(long_uri, 414, "uri_too_long"), ("NOT HTTP\r\n\r\n".to_owned(), 400, "malformed_request")];
+    let head = "GET /related/a HTTP/1.1\r\nhost: x\r\nx-pad: ";
+    let long_head = format!("{head}{}", "a".repeat(notellm_http::connections::MAX_HEAD_BYTES - head.len()));
+    assert_eq!(long_head.len(), notellm_http::connections::MAX_HEAD_BYTES);
+    let cases = [(long_head, 431, "headers_too_large"), ("NOT HTTP\r\n\r\n".to_owned(), 400, "malformed_request")];
     for (req, status, code) in cases {
         let mut c = raw::connect(&s.base).await;
         let _ = c.write_all(req.as_bytes()).await;

@@ -15,6 +15,11 @@
 //!   new connection takes a probe slot: it is served one request, with keep-alive off and a
 //!   header timeout of at most [`PROBE_HEADER_TIMEOUT`], so a `/healthz` or `/readyz` from a
 //!   kubelet is answered within a few seconds however many connections are held open.
+//! - **Bounded read buffer.** A connection's read buffer holds at most [`MAX_HEAD_BYTES`]: a
+//!   request line and headers past it are answered 431 `headers_too_large` and the connection is
+//!   closed. hyper's default (about 400 KB) let each idle connection hold that much unfinished
+//!   header, gigabytes at the default connection limit. Bodies stream through the same buffer in
+//!   chunks, so their size is bounded by `--body-limit-bytes` only.
 //! - **Graceful shutdown.** On the shutdown signal the listener closes, every connection is told
 //!   to finish its in-flight request and close, and [`serve`] returns when the last one has.
 //!
@@ -46,6 +51,9 @@ pub const RESERVED_FDS: u64 = 256;
 pub const PROBE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most regular connections when `--max-connections` is left to the descriptor limit.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The most bytes a connection's read buffer holds: a request line and headers longer than this
+/// are refused with 431 (a note service's requests carry a few hundred bytes of headers).
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Probe slots (one-request connections past the limit).
 pub const DEFAULT_PROBE_SLOTS: usize = 16;
 
@@ -265,7 +273,11 @@ pub async fn serve(
                 SlotKind::Probe => (false, limits.header_read_timeout.min(PROBE_HEADER_TIMEOUT)),
             };
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(keep_alive);
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(keep_alive)
+                .max_buf_size(MAX_HEAD_BYTES);
             let conn =
                 builder.serve_connection(TokioIo::new(JsonParseErrors::new(stream)), TowerToHyperService::new(router));
             let mut conn = pin!(conn);
