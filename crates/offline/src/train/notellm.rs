@@ -10,6 +10,9 @@
 //!   (any training pair) are masked out of its negatives.
 //! - **Before the first step**: the frozen layers' pass over every training and validation note
 //!   the run uses, cached in memory (and on disk when the trainer has a cache directory).
+//! - **Distillation** (`--distill DIR`): a sentence encoder embeds every training note once
+//!   before the first step; each batch adds `distill_weight` times the KL divergence from its
+//!   in-batch similarity distribution (at scale [`TEACHER_SCALE`]) to the student's.
 //! - **Validation**: Recall@k of a seeded sample of validation pairs, ranked in a pool of their
 //!   notes plus other validation notes.
 
@@ -27,8 +30,9 @@ use super::objective::{
 };
 use super::trainer::{Objective, Result, TrainError, TrainOptions, Validation};
 use crate::data::{Dataset, Pair, Part};
+use notellm_model::encoder::SentenceEncoder;
 use notellm_model::prompt::Limits;
-use notellm_note::NoteId;
+use notellm_note::{Embedding, NoteId};
 
 /// GCL + CSFT over related pairs.
 pub struct NoteLlmObjective {
@@ -46,7 +50,21 @@ pub struct NoteLlmObjective {
     /// Each note's example, built once (`None`: the note could not be rendered).
     examples: HashMap<usize, Option<Example>>,
     val: Option<RecallSample>,
+    /// `--distill`: the teacher, and its embedding of every training note (made before the
+    /// first step).
+    teacher: Option<Teacher>,
 }
+
+/// A sentence encoder distilled into the student ([`loss::distillation`]).
+struct Teacher {
+    encoder: Option<SentenceEncoder>,
+    embeddings: HashMap<usize, Embedding>,
+    weight: f64,
+}
+
+/// The teacher's logit scale: the scale its contrastive training used (sentence-transformers'
+/// 20, `notellm train --objective encoder`'s default).
+pub const TEACHER_SCALE: f64 = 20.0;
 
 /// The fixed validation sample: pairs and the pool they are ranked in.
 struct RecallSample {
@@ -73,6 +91,14 @@ impl NoteLlmObjective {
             partners: partner_set(data),
             examples: HashMap::new(),
             val: recall_sample(data, model, limits, opts)?,
+            teacher: match &opts.distill {
+                None => None,
+                Some(dir) => Some(Teacher {
+                    encoder: Some(SentenceEncoder::load(dir, &candle_core::Device::Cpu)?),
+                    embeddings: HashMap::new(),
+                    weight: opts.distill_weight,
+                }),
+            },
         })
     }
 
@@ -119,12 +145,15 @@ impl TrainingObjective for NoteLlmObjective {
     /// The frozen layers over every training and validation sequence this run will use (when
     /// there are frozen layers and their output is cached).
     fn precompute(&mut self, model: &mut TrainableModel, data: &Dataset) -> Result<()> {
-        if model.first_trained_layer() == 0 || !self.cache_frozen {
-            return Ok(());
-        }
         let mut notes: Vec<usize> = self.pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
         notes.sort_unstable();
         notes.dedup();
+        if let Some(teacher) = &mut self.teacher {
+            teacher.embed(data, &notes)?;
+        }
+        if model.first_trained_layer() == 0 || !self.cache_frozen {
+            return Ok(());
+        }
         let mut seqs = Vec::with_capacity(notes.len());
         for n in notes {
             if let Some(e) = self.example(data, model, n) {
@@ -173,12 +202,28 @@ impl TrainingObjective for NoteLlmObjective {
         let f = model.forward(&refs, self.alpha > 0.0)?;
         let cl = loss::contrastive_masked(&f.embeddings, model.tau_tensor(), &known_partners(&notes, &self.partners))?;
         let gen = f.generation.as_ref().map(|(l, t)| loss::generation(l, t)).transpose()?;
-        let total = loss::total(&cl, gen.as_ref(), self.alpha)?;
+        let mut total = loss::total(&cl, gen.as_ref(), self.alpha)?;
+        let kd = match &self.teacher {
+            Some(t) => {
+                let kd = loss::distillation(
+                    &f.embeddings,
+                    model.tau_tensor(),
+                    &t.batch(&notes, f.embeddings.device())?,
+                    TEACHER_SCALE,
+                )?;
+                total = (total + (&kd * t.weight)?)?;
+                Some(kd)
+            }
+            None => None,
+        };
         let grads = (&total / accumulation as f64)?.backward()?;
         let as_f64 = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
         let mut parts = vec![("cl", as_f64(&cl)?)];
         if let Some(g) = &gen {
             parts.push(("gen", as_f64(g)?));
+        }
+        if let Some(k) = &kd {
+            parts.push(("kd", as_f64(k)?));
         }
         Ok(Micro { loss: as_f64(&total)?, parts, notes: exs.len(), trained: exs.len() / 2, grads })
     }
@@ -186,8 +231,9 @@ impl TrainingObjective for NoteLlmObjective {
     fn describe_step(&self, model: &TrainableModel, _loss: f64, parts: &[(&'static str, f64)]) -> Result<String> {
         let part = |name: &str| parts.iter().find(|(n, _)| *n == name).map(|&(_, v)| v);
         let gen = part("gen").map(|g| format!(" gen {g:.3}")).unwrap_or_default();
+        let kd = part("kd").map(|k| format!(" kd {k:.4}")).unwrap_or_default();
         Ok(format!(
-            "cl {:.4}{gen}, tau {:.3}, cached {} MB",
+            "cl {:.4}{gen}{kd}, tau {:.3}, cached {} MB",
             part("cl").unwrap_or(f64::NAN),
             model.tau()?,
             model.cache_bytes() >> 20
@@ -199,6 +245,40 @@ impl TrainingObjective for NoteLlmObjective {
         let started = Instant::now();
         let embs = model.embed(examples, 16)?;
         Ok(Some(recall_validation(pool, &embs, pairs, &self.recall_k, step, started)?))
+    }
+}
+
+impl Teacher {
+    /// The teacher's embedding of every note in `notes` it has not embedded yet; the encoder is
+    /// dropped afterwards.
+    fn embed(&mut self, data: &Dataset, notes: &[usize]) -> Result<()> {
+        let Some(encoder) = self.encoder.take() else { return Ok(()) };
+        let started = Instant::now();
+        let todo: Vec<usize> = notes.iter().copied().filter(|n| !self.embeddings.contains_key(n)).collect();
+        let seqs =
+            todo.iter().map(|&n| encoder.note_ids(&data.notes[n].note)).collect::<notellm_model::Result<Vec<_>>>()?;
+        let embs = notellm_model::batching::embed_by_length(&seqs, 32, |b| encoder.embed_ids(b), |_| {})?;
+        self.embeddings.extend(todo.into_iter().zip(embs));
+        tracing::info!(
+            notes = self.embeddings.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "teacher embeddings ready"
+        );
+        Ok(())
+    }
+
+    /// The teacher's embeddings of a batch's notes, `[n, d]`.
+    fn batch(&self, notes: &[usize], device: &candle_core::Device) -> Result<Tensor> {
+        let mut flat = Vec::new();
+        for n in notes {
+            let e = self
+                .embeddings
+                .get(n)
+                .ok_or_else(|| TrainError::Invalid(format!("the teacher has not embedded note {n}")))?;
+            flat.extend_from_slice(e.as_slice());
+        }
+        let d = flat.len() / notes.len().max(1);
+        Ok(Tensor::from_vec(flat, (notes.len(), d), device)?)
     }
 }
 

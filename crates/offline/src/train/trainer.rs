@@ -120,6 +120,16 @@ pub struct TrainOptions {
     /// The encoder objective's token budget per note text, `[CLS]` and `[SEP]` included.
     #[serde(default = "default_max_len")]
     pub max_len: usize,
+    /// NoteLLM objective: a sentence-encoder checkpoint whose in-batch similarity distribution
+    /// the student is pulled towards (`loss::distillation`), with weight `distill_weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<PathBuf>,
+    #[serde(default = "default_distill_weight")]
+    pub distill_weight: f64,
+}
+
+fn default_distill_weight() -> f64 {
+    1.0
 }
 
 fn default_max_len() -> usize {
@@ -159,6 +169,8 @@ impl Default for TrainOptions {
             open_hashtags: false,
             image_weight: default_image_weight(),
             max_len: default_max_len(),
+            distill: None,
+            distill_weight: default_distill_weight(),
         }
     }
 }
@@ -492,34 +504,15 @@ impl Trainer {
     }
 
     fn save_state(&self) -> Result<()> {
-        let dir = self.state_dir();
-        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
-        candle_core::safetensors::save(&self.model.var_state()?, dir.join("vars.safetensors"))?;
-        candle_core::safetensors::save(&self.opt.state()?, dir.join("optimizer.safetensors"))?;
-        write_json(&dir.join("state.json"), &self.state)
+        save_train_state(&self.state_dir(), &self.model.var_state()?, &self.opt, &self.state)
     }
 
     /// Loads `train-state/` from the output directory if it is there; returns whether it was.
     pub fn resume(&mut self) -> Result<bool> {
-        let dir = self.state_dir();
-        let path = dir.join("state.json");
-        if !path.is_file() {
+        let Some((state, vars)) = load_train_state(&self.state_dir(), &self.opts, &mut self.opt)? else {
             return Ok(false);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
-        let state: State =
-            serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
-        if state.options != self.opts {
-            return Err(TrainError::Invalid(format!(
-                "{} was made with other options; resume with the same options or use a new --out",
-                path.display()
-            )));
-        }
-        let vars = candle_core::safetensors::load(dir.join("vars.safetensors"), &Device::Cpu)?;
+        };
         self.model.load_var_state(&vars)?;
-        let opt = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?;
-        self.opt.load_state(&opt)?;
-        tracing::info!(step = state.step, dir = %dir.display(), "resumed");
         self.state = state;
         Ok(true)
     }
@@ -551,6 +544,42 @@ impl Trainer {
         tracing::info!(out = %self.out.display(), version = %cfg.model_version, "checkpoint written");
         Ok(())
     }
+}
+
+/// Writes a run's resumable state into `dir` (`train-state/`): the variables, the optimizer's
+/// moments and `state.json`.
+pub(crate) fn save_train_state(dir: &Path, vars: &HashMap<String, Tensor>, opt: &AdamW, state: &State) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.to_owned(), source })?;
+    candle_core::safetensors::save(vars, dir.join("vars.safetensors"))?;
+    candle_core::safetensors::save(&opt.state()?, dir.join("optimizer.safetensors"))?;
+    write_json(&dir.join("state.json"), state)
+}
+
+/// Reads the state [`save_train_state`] wrote into `dir`, if it is there: the optimizer's
+/// moments go into `opt`; the progress and the variables (on the CPU) are returned. Refused when
+/// it was made with other options than `opts`.
+pub(crate) fn load_train_state(
+    dir: &Path,
+    opts: &TrainOptions,
+    opt: &mut AdamW,
+) -> Result<Option<(State, HashMap<String, Tensor>)>> {
+    let path = dir.join("state.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io { path: path.clone(), source })?;
+    let state: State =
+        serde_json::from_str(&text).map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    if state.options != *opts {
+        return Err(TrainError::Invalid(format!(
+            "{} was made with other options; resume with the same options or use a new --out",
+            path.display()
+        )));
+    }
+    let vars = candle_core::safetensors::load(dir.join("vars.safetensors"), &Device::Cpu)?;
+    opt.load_state(&candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)?)?;
+    tracing::info!(step = state.step, dir = %dir.display(), "resumed");
+    Ok(Some((state, vars)))
 }
 
 /// A hashtag enters the closed vocabulary when at least this many training notes carry it.
