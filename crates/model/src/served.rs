@@ -37,6 +37,12 @@ pub struct ServedFiles {
 /// Which family the checkpoint in `dir` is, from its files alone: a sentence encoder
 /// (`1_Pooling/config.json`) or NoteLLM (`notellm.json`); anything else is refused naming both.
 fn is_encoder(dir: &Path) -> Result<bool> {
+    if !dir.is_dir() {
+        return Err(ModelError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
+        });
+    }
     if encoder::is_encoder_checkpoint(dir) {
         return Ok(true);
     }
@@ -214,6 +220,8 @@ mod tests {
         assert!(e.contains("1_Pooling/config.json"), "{e}");
         let e = ServedModel::load(dir.path(), &Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("known family"), "{e}");
+        let e = ServedFiles::open(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(e.contains("not found"), "{e}");
         // An encoder directory that pools otherwise is refused by its own check.
         std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
         for f in ["tokenizer.json", "model.safetensors"] {
