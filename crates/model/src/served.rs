@@ -166,10 +166,7 @@ impl ServedModel {
     /// Embeds notes (text only), batched by length.
     pub fn embed(&self, notes: &[Note]) -> Result<Vec<Embedding>> {
         match self.embedder() {
-            Embedder::Encoder(e) => {
-                let seqs = notes.iter().map(|n| e.note_ids(n)).collect::<Result<Vec<_>>>()?;
-                crate::batching::embed_by_length(&seqs, 16, |b| e.embed_ids(b), |_| {})
-            }
+            Embedder::Encoder(e) => e.embed_notes(notes, 16),
             Embedder::Llm(m) => m.embed(notes),
         }
     }

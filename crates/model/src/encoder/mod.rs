@@ -245,12 +245,17 @@ impl SentenceEncoder {
         Ok((Tensor::from_vec(ids, shape, &self.device)?, Tensor::from_vec(mask, shape, &self.device)?))
     }
 
+    /// The mean of the last hidden states `[b, dim]` of one batch, before normalisation.
+    fn mean_hidden(&self, seqs: &[&[u32]], differentiable: bool) -> Result<Tensor> {
+        let (ids, mask) = self.batch(seqs)?;
+        let hidden = self.bert.forward(&ids, &mask, differentiable)?;
+        Ok(mean_pool(&hidden, &mask)?)
+    }
+
     /// Mean-pooled, L2-normalised embeddings `[b, dim]` of one batch, as a tensor
     /// (`differentiable`: the training forward).
     pub fn pooled(&self, seqs: &[&[u32]], differentiable: bool) -> Result<Tensor> {
-        let (ids, mask) = self.batch(seqs)?;
-        let hidden = self.bert.forward(&ids, &mask, differentiable)?;
-        let pooled = mean_pool(&hidden, &mask)?;
+        let pooled = self.mean_hidden(seqs, differentiable)?;
         let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         Ok(pooled.broadcast_div(&norm)?)
     }
@@ -261,10 +266,7 @@ impl SentenceEncoder {
             return Ok(Vec::new());
         }
         let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let (ids, mask) = self.batch(&refs)?;
-        let hidden = self.bert.forward(&ids, &mask, false)?;
-        let pooled = mean_pool(&hidden, &mask)?;
-        pooled
+        self.mean_hidden(&refs, false)?
             .to_device(&Device::Cpu)?
             .to_vec2::<f32>()?
             .into_iter()
@@ -274,6 +276,13 @@ impl SentenceEncoder {
                     .map_err(|e| ModelError::Input(format!("text {i} gave a bad embedding ({e}); is it empty?")))
             })
             .collect()
+    }
+
+    /// Embeds notes ([`note_text`]) in length-sorted batches of at most `batch` notes; one
+    /// embedding per note, in order.
+    pub fn embed_notes<'a>(&self, notes: impl IntoIterator<Item = &'a Note>, batch: usize) -> Result<Vec<Embedding>> {
+        let seqs = notes.into_iter().map(|n| self.note_ids(n)).collect::<Result<Vec<_>>>()?;
+        crate::batching::embed_by_length(&seqs, batch, |b| self.embed_ids(b), |_| {})
     }
 
     /// Embeds texts as one batch.

@@ -45,7 +45,10 @@ const GROUP: usize = 16;
 
 /// The fine-tuning of a sentence encoder.
 pub struct EncoderTrainer {
+    /// The model at the training token budget (`max_len`).
     encoder: SentenceEncoder,
+    /// The same weights at the checkpoint's serving budget: validation and [`Self::embed_notes`].
+    serve: SentenceEncoder,
     /// Name, variable, weight decay; sorted by name (the optimizer's order).
     vars: Vec<(String, Var, bool)>,
     tau: Tensor,
@@ -111,11 +114,11 @@ impl EncoderTrainer {
         let opt = AdamW::new(vars.clone(), params)?;
         let pairs = training_pairs(&data, &opts)?;
         let partners = partner_set(&data);
+        // Ranked as served: the same variables at the checkpoint's own token budget.
+        let serve = SentenceEncoder::with_model(encoder.files().clone(), encoder.bert().clone(), device)?;
         let val = match validation_pool(&data, opts.val_pairs, opts.val_pool, opts.seed, |_| true) {
             None => None,
             Some((pool, pairs)) => {
-                // Ranked as served: at the checkpoint's own token budget.
-                let serve = SentenceEncoder::with_model(encoder.files().clone(), encoder.bert().clone(), device)?;
                 let seqs = pool
                     .iter()
                     .map(|id| {
@@ -129,6 +132,7 @@ impl EncoderTrainer {
         let state = State { step: 0, options: opts.clone(), history: Vec::new(), losses: Vec::new(), runs: Vec::new() };
         let t = Self {
             encoder,
+            serve,
             vars,
             tau,
             opt,
@@ -333,7 +337,7 @@ impl EncoderTrainer {
 
     /// The current embeddings of `seqs` (inference forward, length-sorted batches of 32).
     fn embed_seqs(&self, seqs: &[Vec<u32>]) -> Result<Vec<notellm_note::Embedding>> {
-        Ok(notellm_model::batching::embed_by_length(seqs, 32, |b| self.encoder.embed_ids(b), |_| {})?)
+        Ok(notellm_model::batching::embed_by_length(seqs, 32, |b| self.serve.embed_ids(b), |_| {})?)
     }
 
     /// Recall@k of the current model on the validation sample, added to the history.
@@ -348,13 +352,7 @@ impl EncoderTrainer {
 
     /// Embeddings of notes by the current weights at the checkpoint's serving budget (tests).
     pub fn embed_notes(&self, notes: &[notellm_note::Note]) -> Result<Vec<notellm_note::Embedding>> {
-        let serve = SentenceEncoder::with_model(
-            self.encoder.files().clone(),
-            self.encoder.bert().clone(),
-            self.encoder.device(),
-        )?;
-        let seqs = notes.iter().map(|n| serve.note_ids(n)).collect::<notellm_model::Result<Vec<_>>>()?;
-        Ok(notellm_model::batching::embed_by_length(&seqs, 32, |b| serve.embed_ids(b), |_| {})?)
+        Ok(self.serve.embed_notes(notes, 32)?)
     }
 
     fn state_dir(&self) -> PathBuf {

@@ -255,9 +255,7 @@ impl Teacher {
         let Some(encoder) = self.encoder.take() else { return Ok(()) };
         let started = Instant::now();
         let todo: Vec<usize> = notes.iter().copied().filter(|n| !self.embeddings.contains_key(n)).collect();
-        let seqs =
-            todo.iter().map(|&n| encoder.note_ids(&data.notes[n].note)).collect::<notellm_model::Result<Vec<_>>>()?;
-        let embs = notellm_model::batching::embed_by_length(&seqs, 32, |b| encoder.embed_ids(b), |_| {})?;
+        let embs = encoder.embed_notes(todo.iter().map(|&n| &data.notes[n].note), 32)?;
         self.embeddings.extend(todo.into_iter().zip(embs));
         tracing::info!(
             notes = self.embeddings.len(),
