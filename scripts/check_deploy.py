@@ -670,6 +670,16 @@ def check_k8s(valid_env, facts):
             if listen not in ports.values():
                 err(p, f"{cw}: listen port {listen} is not a containerPort ({ports})")
             facts["ports"].append((p, "k8s NOTELLM_LISTEN", listen))
+            # With --probe-listen the probes go to their own port (see docs/operations.md).
+            probe_listen = env.get("NOTELLM_PROBE_LISTEN")
+            probe_target = listen_port(probe_listen) if probe_listen else listen
+            if probe_listen:
+                if probe_target is None:
+                    err(p, f"{cw}: NOTELLM_PROBE_LISTEN {probe_listen!r} names no port")
+                elif probe_target == listen:
+                    err(p, f"{cw}: NOTELLM_PROBE_LISTEN uses the listen port {listen}")
+                elif probe_target not in ports.values():
+                    err(p, f"{cw}: probe listen port {probe_target} is not a containerPort ({ports})")
 
             def probe_port(probe, what, path_want):
                 if not probe:
@@ -678,8 +688,8 @@ def check_k8s(valid_env, facts):
                 hg = probe.get("httpGet", {})
                 port = hg.get("port")
                 port = ports.get(port) if isinstance(port, str) else port
-                if port != listen:
-                    err(p, f"{cw}: {what} port {hg.get('port')} is not the listen port {listen}")
+                if port != probe_target:
+                    err(p, f"{cw}: {what} port {hg.get('port')} is not the probe port {probe_target}")
                 if hg.get("path") not in path_want:
                     err(p, f"{cw}: {what} path {hg.get('path')} should be {' or '.join(path_want)}")
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use notellm_http::api::HttpConfig;
 use notellm_http::server::{self, ServiceConfig};
 use notellm_model::config::Family;
+use notellm_model::vote::VoteRule;
 use notellm_model::DeviceSpec;
 use notellm_service::batcher::BatcherConfig;
 use notellm_service::{ServiceLimits, SuggestFrom};
@@ -19,6 +20,8 @@ use common::Backend;
 
 struct Server {
     base: String,
+    /// The probe listener's base URL, when it was started with one ([`start_with`]).
+    probe_base: Option<String>,
     http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -39,6 +42,15 @@ impl Server {
 }
 
 async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut HttpConfig)) -> Server {
+    start_with(backend, tweak, false).await
+}
+
+/// [`start`], with a probe listener (`--probe-listen`) on a port of its own when `probes`.
+async fn start_with(
+    backend: &Backend,
+    tweak: impl FnOnce(&mut ServiceConfig, &mut HttpConfig),
+    probes: bool,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = common::tiny_model(dir.path(), "m", Family::Llama, 1);
     let mut cfg = ServiceConfig {
@@ -65,15 +77,17 @@ async fn start(backend: &Backend, tweak: impl FnOnce(&mut ServiceConfig, &mut Ht
     let app = server::build(&cfg).await.unwrap();
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let probe_listener = if probes { Some(server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap()) } else { None };
+    let probe_base = probe_listener.as_ref().map(|l| format!("http://{}", l.local_addr().unwrap()));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        server::run(app, http, listener, Duration::from_secs(3600), async {
+        server::run_with_probes(app, http, listener, probe_listener, Duration::from_secs(3600), async {
             let _ = rx.await;
         })
         .await
         .unwrap();
     });
-    let s = Server { base, http: reqwest::Client::new(), stop: Some(tx), task, _dir: dir };
+    let s = Server { base, probe_base, http: reqwest::Client::new(), stop: Some(tx), task, _dir: dir };
     for _ in 0..200 {
         if let Ok(r) = s.http.get(s.url("/readyz")).send().await {
             if r.status() == StatusCode::OK {
@@ -470,7 +484,9 @@ fn tags_of(v: &Value) -> Vec<&str> {
 }
 
 async fn suggestions(backend: Backend) {
-    let s = start(&backend, |_, _| {}).await;
+    // The tiny model's embeddings are random: the plain vote (every neighbour counts by its
+    // cosine, no floor, no share) keeps this a test of the plumbing.
+    let s = start(&backend, |c, _| c.suggest.rule = VoteRule::default()).await;
     let draft = json!({"title": "sunset hike", "content": "beach trail at dusk", "max_hashtags": 3});
     // nothing indexed: generated
     let v = suggest(&s, draft.clone()).await;
@@ -514,6 +530,100 @@ async fn suggestions(backend: Backend) {
     assert_eq!(put(&s, "t", &body).await.0, StatusCode::CREATED);
     let v = suggest(&s, json!({"title": "sunset hike", "content": "beach"})).await;
     assert_eq!(v["source"], "generated", "{v}");
+    s.stop().await;
+}
+
+/// A small deployment of notes on unrelated topics, served by all-MiniLM-L6-v2 with the
+/// default vote rule: each draft is answered from the notes on its own topic, and a draft on
+/// none of them gets nothing, never the deployment's majority (under the plain vote every note
+/// of a small deployment votes).
+async fn suggestions_follow_the_draft(backend: Backend) {
+    let Some(encoder) = common::minilm_dir().cloned() else { return };
+    let s = start(&backend, |c, _| c.model_dir = encoder).await;
+    let notes = [
+        (
+            "travel-1",
+            "Three days in Lisbon",
+            "Trams, miradouros and custard tarts: our city break itinerary.",
+            &["travel", "city-break"][..],
+            "travel",
+        ),
+        (
+            "travel-2",
+            "Backpacking across Japan",
+            "Rail pass, hostels and temples from Tokyo to Kyoto.",
+            &["travel", "japan"][..],
+            "travel",
+        ),
+        (
+            "food-1",
+            "Sourdough starter from scratch",
+            "Flour, water and patience: feeding schedule and first loaf.",
+            &["baking", "bread"][..],
+            "food",
+        ),
+        (
+            "food-2",
+            "Weeknight ramen",
+            "A quick broth, soft eggs and noodles in thirty minutes.",
+            &["cooking", "japan"][..],
+            "food",
+        ),
+        (
+            "food-3",
+            "Lemon drizzle cake",
+            "A moist sponge with a sharp lemon glaze, baked in one tin.",
+            &["baking", "dessert"][..],
+            "food",
+        ),
+        (
+            "code-1",
+            "Error handling in Rust",
+            "Result, the question mark operator and thiserror for libraries.",
+            &["programming", "rust"][..],
+            "programming",
+        ),
+        (
+            "code-2",
+            "Python type hints in practice",
+            "Gradual typing with mypy in a large codebase.",
+            &["programming", "python"][..],
+            "programming",
+        ),
+        (
+            "run-1",
+            "Training for a first marathon",
+            "Sixteen weeks of long runs, tempo sessions and rest days.",
+            &["running", "marathon"][..],
+            "sport",
+        ),
+    ];
+    for (id, title, content, hashtags, category) in notes {
+        let body = json!({"title": title, "content": content, "hashtags": hashtags, "category": category});
+        assert_eq!(put(&s, id, &body).await.0, StatusCode::CREATED);
+    }
+    let ask = |title: &str, content: &str| json!({"title": title, "content": content, "max_hashtags": 3});
+    let travel =
+        suggest(&s, ask("Weekend in Porto", "Port wine cellars, azulejos and a walk along the Douro river.")).await;
+    let bread =
+        suggest(&s, ask("Focaccia recipe", "Olive oil, rosemary and a long proof: baking an airy focaccia.")).await;
+    let rust = suggest(&s, ask("Async Rust with tokio", "Futures, the runtime and spawning tasks in Rust.")).await;
+    for v in [&travel, &bread, &rust] {
+        assert_eq!(v["source"], "neighbours", "{v}");
+    }
+    assert_eq!(travel["category"], "travel", "{travel}");
+    assert_eq!(bread["category"], "food", "{bread}");
+    assert_eq!(rust["category"], "programming", "{rust}");
+    assert!(tags_of(&travel).contains(&"travel") && !tags_of(&travel).contains(&"programming"), "{travel}");
+    assert!(tags_of(&bread).contains(&"baking") && !tags_of(&bread).contains(&"programming"), "{bread}");
+    assert!(tags_of(&rust).contains(&"programming") && !tags_of(&rust).contains(&"baking"), "{rust}");
+    // The three drafts do not share one answer.
+    assert!(tags_of(&travel) != tags_of(&bread) && tags_of(&bread) != tags_of(&rust), "{travel} {bread} {rust}");
+    // A draft on none of the four topics: no note is similar enough to vote, so no answer (an
+    // encoder cannot generate one), never the deployment's majority (which the plain vote gave).
+    let far = suggest(&s, ask("Lattice QCD", "Quark confinement and gluon fields computed on a spacetime grid.")).await;
+    assert_eq!(far["source"], "neighbours", "{far}");
+    assert!(tags_of(&far).is_empty() && far["category"].is_null(), "{far}");
     s.stop().await;
 }
 
@@ -611,7 +721,8 @@ common::on_backend!(
     overload_and_batching,
     related_cache,
     related_cache_disabled,
-    suggestions
+    suggestions,
+    suggestions_follow_the_draft
 );
 common::on_backend!(
     on_postgres,
@@ -673,6 +784,39 @@ mod raw {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// `--concurrency-limit` bounds the requests in flight over every route together: with a limit
+/// of 1, a PUT whose body is still arriving holds the one permit, and a request to another
+/// route is shed with 503 `overloaded`. (tower's per-layer semaphore, applied by the router
+/// once per route, made it one limit per route: the second request was served.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_spans_every_route() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(&Backend::sqlite(), |_, h| h.concurrency_limit = 1).await;
+    let mut held = raw::connect(&s.base).await;
+    let head = "PUT /notes/slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{";
+    held.write_all(head.as_bytes()).await.unwrap();
+    // The PUT is in its handler, reading its body, once the server has read the head.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = s.http.get(s.url("/openapi.json")).send().await.unwrap();
+    let retry = r.headers().get("retry-after").map(|h| h.to_str().unwrap().to_owned());
+    let (st, v) = json_of(r).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_error(&v, "overloaded");
+    assert_eq!(retry.as_deref(), Some("1"));
+    drop(held);
+    // The permit comes back when the held request ends.
+    let mut served = false;
+    for _ in 0..100 {
+        if s.http.get(s.url("/openapi.json")).send().await.unwrap().status() == StatusCode::OK {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "the permit never came back");
+    s.stop().await;
 }
 
 /// Request limits before any handler: a long URI is 414, a declared body over the limit 413 at
@@ -909,5 +1053,93 @@ async fn requests_the_parser_refuses_answer_in_json() {
         let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
         assert_error(&v, code);
     }
+    s.stop().await;
+}
+
+/// HTTP/1.0 is served (health checkers and load generators send it) and, without keep-alive,
+/// its connection closes after the answer; an HTTP/2 prior-knowledge preface, which hyper alone
+/// closes without a word, is answered 505 `http_version_not_supported` in JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_1_0_is_served_and_an_http_2_preface_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let s = start(&Backend::sqlite(), |_, _| {}).await;
+    let mut c = raw::connect(&s.base).await;
+    c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let (text, closed) = raw::read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    assert_eq!(v["status"], "ok", "{v}");
+    // Closed after the answer, not by the 10 s header timeout that closes an idle connection.
+    assert!(closed && started.elapsed() < Duration::from_secs(3), "open after {:?}: {text}", started.elapsed());
+
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, as clients send them.
+    let mut c = raw::connect(&s.base).await;
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let (text, closed) = raw::read_until_closed(&mut c, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 505 "), "{text:?}");
+    assert!(closed, "{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    assert_error(&v, "http_version_not_supported");
+    // The server is unharmed.
+    let (st, _) = json_of(s.http.get(s.url("/healthz")).send().await.unwrap()).await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}
+
+/// The probe listener (`--probe-listen`): while idle clients hold every connection of the
+/// service's port and more wait in its backlog (a /healthz there is not answered for tens of
+/// seconds), /healthz and /readyz on the probe port answer within a second. It serves the probe
+/// routes and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_listener_answers_while_clients_hold_every_connection() {
+    use notellm_http::connections::ConnectionLimits;
+    use tokio::io::AsyncWriteExt;
+    const MAX_CONNECTIONS: usize = 8;
+    const PROBE_SLOTS: usize = 2;
+    let s = start_with(
+        &Backend::sqlite(),
+        |_, h| {
+            h.connections = ConnectionLimits {
+                header_read_timeout: Duration::from_secs(20),
+                max_connections: MAX_CONNECTIONS,
+                probe_slots: PROBE_SLOTS,
+            };
+        },
+        true,
+    )
+    .await;
+    let probes = s.probe_base.clone().unwrap();
+    // Every regular slot (the test client holds one too), every probe slot, and 40 in the backlog.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS + PROBE_SLOTS + 40 {
+        idle.push(raw::connect(&s.base).await);
+    }
+    // The service's port is saturated: a /healthz there waits in the backlog.
+    let mut c = raw::connect(&s.base).await;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let (text, _) = raw::read_until_closed(&mut c, Duration::from_secs(1)).await;
+    assert!(text.is_empty(), "the service's port answered at once, so the test held too few connections: {text}");
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let get = |path: &str| client.get(format!("{probes}{path}")).timeout(Duration::from_secs(1)).send();
+    for path in ["/healthz", "/readyz"] {
+        let started = std::time::Instant::now();
+        let r = get(path).await.unwrap_or_else(|e| panic!("{path} on the probe port: {e}"));
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{path} took {:?}", started.elapsed());
+    }
+    let m = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metric(&m, "notellm_http_connections_total{slot=\"probe_listener\"}") >= 2.0, "{m}");
+    // Nothing but the probes there.
+    for path in ["/notes/n1", "/openapi.json", "/admin/reindex"] {
+        let (st, v) = json_of(get(path).await.unwrap()).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert_error(&v, "not_found");
+    }
+    drop(c);
+    drop(idle);
     s.stop().await;
 }

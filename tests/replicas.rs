@@ -2,17 +2,22 @@
 //! Postgres schema. A write accepted by either is served alike by both, from the stored vector
 //! (the other never embeds it); updates and deletes propagate; a listener whose connection is
 //! killed loses its notifications and the poll still catches up; a re-index switch made on one
-//! replica is followed by the other; a replica on another network namespace whose link to
+//! replica is followed by the other, and writes through the other during switches back and forth
+//! are never stored under a replaced model; a replica on another network namespace whose link to
 //! Postgres is cut turns not-ready and converges when it is back; and modes that cannot work are refused at start (replicas
 //! or pgvector on SQLite, replica mode with pgvector).
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notellm_model::config::Family;
-use notellm_note::Note;
+use notellm_note::{Note, NoteId};
+use notellm_store::{Store, StoreOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -70,6 +75,35 @@ async fn wait_applied(http: &reqwest::Client, p: &Proc, seq: i64) -> Value {
             return v;
         }
         assert!(Instant::now() < deadline, "replica {} never applied seq {seq}: {st} {v}", p.base);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a re-index of `p` to `model` and waits for it to finish; returns the new version.
+async fn reindex(http: &reqwest::Client, p: &Proc, model: &Path) -> String {
+    let r = http.post(format!("{}/admin/reindex", p.base)).json(&json!({ "model": model })).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = get(http, format!("{}/admin/reindex", p.base)).await;
+        if v["state"] == "done" {
+            return v["to_version"].as_str().unwrap().to_owned();
+        }
+        assert!(!["failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")), "{v}");
+        assert!(Instant::now() < deadline, "the re-index never finished: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `p` is ready and serves model `version`.
+async fn wait_serving(http: &reqwest::Client, p: &Proc, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v) = get(http, format!("{}/readyz", p.base)).await;
+        if st == StatusCode::OK && v["model_version"] == version {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replica {} never served {version}: {st} {v}", p.base);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -184,18 +218,7 @@ async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
         put(&http, &a, id, n).await;
     }
 
-    let r = http.post(format!("{}/admin/reindex", a.base)).json(&json!({ "model": model_b })).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let version = loop {
-        let (_, v) = get(&http, format!("{}/admin/reindex", a.base)).await;
-        if v["state"] == "done" {
-            break v["to_version"].as_str().unwrap().to_owned();
-        }
-        assert!(!["failed", "cancelled"].contains(&v["state"].as_str().unwrap_or("")), "{v}");
-        assert!(Instant::now() < deadline, "the re-index never finished: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let version = reindex(&http, &a, &model_b).await;
     // B loads the recorded checkpoint and serves the new version, with every note.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -215,6 +238,149 @@ async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
     wait_applied(&http, &a, seq).await;
     assert_alike(&http, &a, &b, &notes[0].0).await;
     assert_eq!(metric(&http, &a, "notellm_follow_switches_total{outcome=\"done\"}").await, 0.0, "A switched itself");
+
+    drop((a, b));
+    backend.drop().await;
+}
+
+/// Writers through the follower B, each PUTting its own ids.
+const WRITERS: usize = 3;
+/// Ids each writer cycles through.
+const IDS_PER_WRITER: usize = 8;
+
+/// What one writer got acknowledged: the last note of each of its ids, how many PUTs, and the
+/// model versions that answered them.
+#[derive(Default)]
+struct Acked {
+    notes: BTreeMap<String, Note>,
+    puts: usize,
+    versions: BTreeSet<String>,
+}
+
+/// Writer `w` through `base` until `stop`: its ids `w<w>-<k>`, each PUT with new content and
+/// retried after a 503 (the replica follows a switch, or could not follow it in time) until it
+/// is acknowledged, so that the last acknowledged note of an id is the one it last sent.
+async fn write_until(http: reqwest::Client, base: String, w: usize, stop: Arc<AtomicBool>) -> Acked {
+    let texts = common::notes(24, 100 + w as u64);
+    let mut acked = Acked::default();
+    let mut round = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let id = format!("w{w}-{}", round % IDS_PER_WRITER);
+        let mut note = texts[round % texts.len()].1.clone();
+        note.title = format!("{} (round {round})", note.title);
+        let body = json!({ "title": note.title, "content": note.content, "hashtags": note.hashtags, "category": note.category });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let r = http.put(format!("{base}/notes/{id}")).json(&body).send().await.unwrap();
+            let status = r.status();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                break v;
+            }
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "PUT {id}: {v}");
+            assert!(Instant::now() < deadline, "PUT {id} refused for 30 s: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        acked.versions.insert(answer["model_version"].as_str().unwrap_or_default().to_owned());
+        acked.notes.insert(id, note);
+        acked.puts += 1;
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    acked
+}
+
+/// PUTs through the follower B go on while A re-indexes the store back and forth. A write that B
+/// embedded with the replaced model as a switch committed is refused by the store, and B follows
+/// the switch and embeds it again (or answers 503, and the writer retries): afterwards every
+/// stored note carries the active version, both replicas index every one of them, and each
+/// acknowledged write is what both serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_a_follower_during_switches_are_never_stranded() {
+    let Some(backend) = Backend::postgres("nl_replicas_race").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model_a = common::tiny_model(dir.path(), "model-a", Family::Llama, 1);
+    let model_b = common::tiny_model_seeded(dir.path(), "model-b", Family::Llama, 1, 8, 24);
+    let http = reqwest::Client::new();
+    let mut a = replica(&model_a, &dir.path().join("a"), &backend);
+    let mut b = replica(&model_a, &dir.path().join("b"), &backend);
+    common::wait_ready(&mut a, &http).await;
+    common::wait_ready(&mut b, &http).await;
+    let notes = common::notes(40, 17);
+    let mut last = 0;
+    for (id, n) in &notes {
+        last = put(&http, &a, id, n).await;
+    }
+    wait_applied(&http, &b, last).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> =
+        (0..WRITERS).map(|w| tokio::spawn(write_until(http.clone(), b.base.clone(), w, stop.clone()))).collect();
+    let mut switched_to = Vec::new();
+    for target in [&model_b, &model_a, &model_b] {
+        // B writes with the model it serves for a while before each switch.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let version = reindex(&http, &a, target).await;
+        wait_serving(&http, &b, &version).await;
+        switched_to.push(version);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Acked::default();
+    for w in writers {
+        let got = w.await.unwrap();
+        acked.notes.extend(got.notes);
+        acked.puts += got.puts;
+        acked.versions.extend(got.versions);
+    }
+    let version = switched_to.last().unwrap().clone();
+    let both: BTreeSet<String> = switched_to.iter().cloned().collect();
+    assert_eq!(acked.versions, both, "B acknowledged writes under both models");
+
+    // Every note in the store carries the active version.
+    let opts = StoreOptions { schema: backend.schema.clone(), max_connections: 2, ..StoreOptions::default() };
+    let store = Store::connect_with(backend.url.as_deref(), dir.path(), &opts).await.unwrap();
+    let active = store.active_model().await.unwrap().expect("the store was switched").model_version;
+    assert_eq!(active.0, version);
+    let mut stored: Vec<String> = Vec::new();
+    let mut after: Option<NoteId> = None;
+    loop {
+        let page = store.scan_embeddings(after.as_ref(), 500).await.unwrap();
+        let Some((id, _, _)) = page.last() else { break };
+        after = Some(id.clone());
+        for (id, _, v) in &page {
+            assert_eq!(*v, active, "note {id} is stored under model {v}, the store's active model is {active}");
+            stored.push(id.to_string());
+        }
+    }
+    assert_eq!(stored.len(), notes.len() + acked.notes.len(), "the initial notes and every writer's ids");
+    let max = store.max_seq().await.unwrap();
+    store.close().await;
+
+    // Both replicas index every stored note with it, and serve each acknowledged write.
+    for p in [&a, &b] {
+        let ready = wait_applied(&http, p, max).await;
+        let expected = (Some(version.as_str()), Some(stored.len() as u64));
+        assert_eq!((ready["model_version"].as_str(), ready["notes"].as_u64()), expected, "{ready}");
+        for (id, n) in &acked.notes {
+            let (st, v) = get(&http, format!("{}/notes/{id}", p.base)).await;
+            assert_eq!(st, StatusCode::OK, "{id}: {v}");
+            let expected = (Some(n.title.as_str()), Some(n.content.as_str()));
+            assert_eq!((v["title"].as_str(), v["content"].as_str()), expected, "{id}: {v}");
+            assert_eq!(v["model_version"], version.as_str(), "{id}: {v}");
+        }
+        for id in &stored {
+            let (st, v) = related(&http, p, id).await;
+            let answer = (st, v["model_version"].as_str());
+            assert_eq!(answer, (StatusCode::OK, Some(version.as_str())), "{id} on {}: {v}", p.base);
+        }
+    }
+    eprintln!(
+        "{} writes through B during {} switches; {} embedded again after a switch",
+        acked.puts,
+        switched_to.len(),
+        metric(&http, &b, "notellm_writes_reembedded_total").await
+    );
 
     drop((a, b));
     backend.drop().await;

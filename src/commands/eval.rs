@@ -78,6 +78,19 @@ pub struct EvalArgs {
     /// Nearest training notes that vote for a note's category and hashtags.
     #[arg(long, env = "NOTELLM_EVAL_VOTE_K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub vote_k: u64,
+    /// Vote rules to measure, as a grid: every combination of these temperatures (0: the plain,
+    /// similarity-weighted vote), similarity floors and hashtag shares (`serve
+    /// --suggest-temperature`, `--suggest-floor`, `--suggest-min-share`) gets a vote row per
+    /// system. Without any of the three: the plain vote and the one /suggest-tags counts by
+    /// default.
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_TEMPERATURES", value_delimiter = ',')]
+    pub vote_temperatures: Vec<f64>,
+    /// See --vote-temperatures (-1: every neighbour votes).
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_FLOORS", value_delimiter = ',', allow_hyphen_values = true)]
+    pub vote_floors: Vec<f32>,
+    /// See --vote-temperatures.
+    #[arg(long, env = "NOTELLM_EVAL_VOTE_MIN_SHARES", value_delimiter = ',')]
+    pub vote_min_shares: Vec<f64>,
     /// Also write `results.md` and `results.json` into this directory.
     #[arg(long, env = "NOTELLM_EVAL_OUT")]
     pub out: Option<PathBuf>,
@@ -88,6 +101,27 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
+    /// The vote rules to measure: the grid of `--vote-*`, or the plain and the served default.
+    pub fn vote_rules(&self) -> Result<Vec<notellm_model::vote::VoteRule>> {
+        use notellm_model::vote::{VoteRule, DEFAULT_SUGGEST_RULE};
+        if self.vote_temperatures.is_empty() && self.vote_floors.is_empty() && self.vote_min_shares.is_empty() {
+            return Ok(vec![VoteRule::default(), DEFAULT_SUGGEST_RULE]);
+        }
+        let or = |v: &[f64], d: f64| if v.is_empty() { vec![d] } else { v.to_vec() };
+        let floors = if self.vote_floors.is_empty() { vec![f32::NEG_INFINITY] } else { self.vote_floors.clone() };
+        let mut rules = Vec::new();
+        for t in or(&self.vote_temperatures, 0.0) {
+            for &floor in &floors {
+                for min_share in or(&self.vote_min_shares, 0.0) {
+                    let rule = VoteRule { temperature: (t != 0.0).then_some(t), floor, min_share };
+                    rule.validate().map_err(anyhow::Error::msg)?;
+                    rules.push(rule);
+                }
+            }
+        }
+        Ok(rules)
+    }
+
     /// The systems in table order: baselines, then the checkpoints.
     pub fn systems(&self) -> Result<Vec<notellm_offline::commands::eval::System>, notellm_model::ModelError> {
         use notellm_offline::commands::eval::System;
@@ -140,6 +174,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         fusion: !a.no_fusion,
         vote_pool: a.vote_pool,
         vote_k: a.vote_k as usize,
+        vote_rules: a.vote_rules()?,
     };
     let mut table = notellm_offline::commands::eval::run(&a.data, &systems, &device, &opts)?;
     table.context.push(format!("command: {}", std::env::args().collect::<Vec<_>>().join(" ")));

@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// is refused at start.
     #[arg(long, env = "NOTELLM_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Also serve GET /healthz, /readyz and /metrics (nothing else) on this address, with 32
+    /// one-request connections of its own that do not count against --max-connections: clients
+    /// holding every connection of --listen cannot delay a probe here. Point the kubelet's
+    /// probes at it, and keep it off the Service and the load balancer. Default: off.
+    #[arg(long, env = "NOTELLM_PROBE_LISTEN")]
+    pub probe_listen: Option<std::net::SocketAddr>,
     /// Requests handled at once; more are shed with 503 and Retry-After.
     #[arg(long, env = "NOTELLM_CONCURRENCY_LIMIT", default_value_t = 1024)]
     pub concurrency_limit: usize,
@@ -56,6 +62,17 @@ pub struct ServeArgs {
     /// Nearest indexed notes that vote in a /suggest-tags answer (1-200).
     #[arg(long, env = "NOTELLM_SUGGEST_NEIGHBOURS", default_value_t = notellm_service::DEFAULT_SUGGEST_NEIGHBOURS)]
     pub suggest_neighbours: usize,
+    /// How sharply the nearest notes outvote the rest in a /suggest-tags vote: a neighbour's
+    /// weight is exp((cosine - 1) / T); 0 weighs neighbours by their cosine (the plain vote).
+    #[arg(long, env = "NOTELLM_SUGGEST_TEMPERATURE", default_value_t = notellm_service::DEFAULT_SUGGEST_TEMPERATURE)]
+    pub suggest_temperature: f64,
+    /// Neighbours whose cosine to the draft is below this do not vote (-1: all vote).
+    #[arg(long, env = "NOTELLM_SUGGEST_FLOOR", default_value_t = notellm_service::DEFAULT_SUGGEST_FLOOR, allow_negative_numbers = true)]
+    pub suggest_floor: f32,
+    /// A hashtag is suggested only when it carries at least this share of the vote's weight
+    /// (0-1; 0 answers the best-voted tags whatever their share).
+    #[arg(long, env = "NOTELLM_SUGGEST_MIN_SHARE", default_value_t = notellm_service::DEFAULT_SUGGEST_MIN_SHARE)]
+    pub suggest_min_share: f64,
     /// Replica mode: follow the writes that other `notellm serve` processes make to the same
     /// Postgres store (LISTEN plus a poll), so that any number of them answer alike. Needs
     /// Postgres; the embedded SQLite store serves one process.
@@ -88,7 +105,12 @@ impl ServeArgs {
     }
 
     pub fn suggest_config(&self) -> notellm_service::SuggestConfig {
-        notellm_service::SuggestConfig { from: self.suggest_from, neighbours: self.suggest_neighbours }
+        let rule = notellm_model::vote::VoteRule {
+            temperature: (self.suggest_temperature != 0.0).then_some(self.suggest_temperature),
+            floor: self.suggest_floor,
+            min_share: self.suggest_min_share,
+        };
+        notellm_service::SuggestConfig { from: self.suggest_from, neighbours: self.suggest_neighbours, rule }
     }
 
     /// The HTTP settings, checked: timeouts that make sense together, a connection limit the
@@ -103,13 +125,20 @@ impl ServeArgs {
                 self.request_timeout_secs
             );
         }
+        if self.probe_listen == Some(self.listen) {
+            anyhow::bail!("--probe-listen ({}) must be another address than --listen", self.listen);
+        }
         let nofile = connections::descriptor_limit().context("reading RLIMIT_NOFILE")?;
+        // The probe listener's connections and socket take descriptors too: planned with the
+        // probe slots, so the limit check counts them; the service's listener keeps its 16.
+        let probe_listener_fds = if self.probe_listen.is_some() { connections::PROBE_LISTENER_FDS } else { 0 };
         let limits = connections::plan(
             self.max_connections,
-            connections::DEFAULT_PROBE_SLOTS,
+            connections::DEFAULT_PROBE_SLOTS + probe_listener_fds,
             Duration::from_secs(self.header_read_timeout_secs),
             nofile,
         )?;
+        let limits = connections::ConnectionLimits { probe_slots: connections::DEFAULT_PROBE_SLOTS, ..limits };
         Ok(notellm_http::api::HttpConfig {
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             body_limit_bytes: self.body_limit_bytes,
@@ -132,8 +161,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         };
         let http = a.http_config()?;
         let listener = server::bind(a.listen).await?;
+        let probes = match a.probe_listen {
+            Some(addr) => Some(server::bind(addr).await?),
+            None => None,
+        };
         let app = server::build(&cfg).await?;
-        server::run(app, http, listener, cfg.snapshot_interval, server::shutdown_signal()).await?;
+        server::run_with_probes(app, http, listener, probes, cfg.snapshot_interval, server::shutdown_signal()).await?;
         Ok(())
     })
 }

@@ -353,7 +353,8 @@ pub async fn purge_tombstones(store: &Store) {
 }
 
 /// Re-index staging: vectors keyed by (note, version), current only for the seq they embedded;
-/// the switch is all or nothing, renumbers the change sequence and records the new version.
+/// the switch is all or nothing, renumbers the change sequence and records the new version,
+/// after which only writes of that version are accepted.
 pub async fn staging_and_promote(store: &Store) {
     use notellm_store::{StagedVector, Switch};
     let v2 = ModelVersion("test-model-v2".into());
@@ -432,12 +433,86 @@ pub async fn staging_and_promote(store: &Store) {
     assert_eq!(active.switch_token, "t1");
     assert!(active.switched_at.elapsed().unwrap() < Duration::from_secs(600));
 
-    // Writes after the switch take seqs above it.
-    assert!(put(store, &id("e"), &note(5), &emb(5, 6)).await > before + 3);
+    // After the switch only vectors of the version it made active are written: a put embedded
+    // by the replaced model (a process that has not followed the switch) is refused whole and
+    // takes no seq, a new note or an update alike, and a batch with one such write is refused.
+    let switched = store.max_seq().await.unwrap();
+    let (v1, e_id, e_note) = (mv(), id("e"), note(5));
+    let (e_hash, e6, stale_e) = (content_hash(&e_note), emb(5, 6), emb(5, 8));
+    for target in [&e_id, &ids[1]] {
+        match store.put_note(target, &e_note, &e_hash, &stale_e, &v1).await {
+            Err(StoreError::StaleModelVersion { written, active }) => {
+                assert_eq!((written, active), (v1.0.clone(), v2.0.clone()));
+            }
+            other => panic!("a put of the replaced version after the switch: {other:?}"),
+        }
+    }
+    let stale = StoreError::StaleModelVersion { written: v1.0.clone(), active: v2.0.clone() };
+    assert_eq!(stale.kind(), "stale_model_version");
+    let write = |id, embedding, model_version| NoteWrite {
+        id,
+        note: &e_note,
+        content_hash: &e_hash,
+        embedding,
+        model_version,
+        image: None,
+    };
+    let mixed = [write(&e_id, &e6, &v2), write(&ids[2], &stale_e, &v1)];
+    assert!(matches!(store.put_notes(&mixed).await, Err(StoreError::StaleModelVersion { .. })));
+    assert_eq!(store.max_seq().await.unwrap(), switched, "a refused put takes no seq");
+    assert!(store.get_note(&e_id).await.unwrap().is_none(), "nothing of a refused batch is written");
+    assert_eq!(store.get_note(&ids[1]).await.unwrap().unwrap().model_version, v2);
+    assert_eq!(store.get_note(&ids[2]).await.unwrap().unwrap().model_version, v2);
+    // A put of the active version is written, with a seq above the switch's.
+    let e_seq = store.put_note(&e_id, &e_note, &e_hash, &e6, &v2).await.unwrap();
+    assert!(e_seq > before + 3);
+    assert_eq!(store.get_note(&e_id).await.unwrap().unwrap().model_version, v2);
     // A switch of an empty staging back is refused; the record is replaced by the next switch.
     let back = Switch { model_version: &mv(), model_dir: "/models/v1", previous_version: &v2, switch_token: "t2" };
     assert!(matches!(store.promote(&back).await, Err(StoreError::Incomplete { missing: 4, .. })));
     assert_eq!(store.active_model().await.unwrap().unwrap().switch_token, "t1");
+
+    // A switch under a hold (`hold_for_switch`, which a re-index takes before its last catch-up):
+    // on Postgres a put from another connection waits for it, then is refused as of the version
+    // it replaced; SQLite holds nothing, so the put commits first and the switch finds its note
+    // without a staged vector, changing nothing.
+    let v3 = ModelVersion("test-model-v3".into());
+    let current = store.reindex_scan(None, i64::MAX, 10, &v3).await.unwrap();
+    let v3_embs: Vec<Embedding> = (0..current.len() as u64).map(|i| emb(200 + i, 6)).collect();
+    let staged: Vec<StagedVector<'_>> = current
+        .iter()
+        .zip(&v3_embs)
+        .map(|(n, e)| StagedVector { id: &n.id, embedding: e, source_seq: n.seq })
+        .collect();
+    store.stage_vectors(&v3, &staged).await.unwrap();
+    let third = Switch { model_version: &v3, model_dir: "/models/v3", previous_version: &v2, switch_token: "t3" };
+    let hold = store.hold_for_switch().await.unwrap();
+    let racer = {
+        let (store, v2) = (store.clone(), v2.clone());
+        tokio::spawn(async move {
+            let n = note(6);
+            store.put_note(&id("f"), &n, &content_hash(&n), &emb(6, 6), &v2).await
+        })
+    };
+    if store.backend() == "postgres" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!racer.is_finished(), "a put waits for a held switch");
+        let promoted = store.promote_held(hold, &third).await.unwrap();
+        assert_eq!(promoted.notes, 4);
+        match racer.await.unwrap() {
+            Err(StoreError::StaleModelVersion { written, active }) => {
+                assert_eq!((written, active), (v2.0.clone(), v3.0.clone()));
+            }
+            other => panic!("a put of the replaced version that waited for the switch: {other:?}"),
+        }
+        assert_eq!(store.max_seq().await.unwrap(), promoted.max_seq, "the refused put took no seq");
+        assert!(store.get_note(&id("f")).await.unwrap().is_none());
+    } else {
+        racer.await.unwrap().unwrap();
+        let err = store.promote_held(hold, &third).await.unwrap_err();
+        assert!(matches!(err, StoreError::Incomplete { missing: 1, .. }), "{err}");
+        assert_eq!(store.active_model().await.unwrap().unwrap().switch_token, "t1");
+    }
 }
 
 /// A note's image: written with the note, read back whole, found by its hash for reuse,

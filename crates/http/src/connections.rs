@@ -14,7 +14,22 @@
 //! - **Probes stay answerable.** When every regular slot is taken (by idle or slow clients), a
 //!   new connection takes a probe slot: it is served one request, with keep-alive off and a
 //!   header timeout of at most [`PROBE_HEADER_TIMEOUT`], so a `/healthz` or `/readyz` from a
-//!   kubelet is answered within a few seconds however many connections are held open.
+//!   kubelet is answered within a few seconds however many connections are held open. Within a
+//!   few seconds, not at once: a probe waits its turn in the listen backlog behind every client
+//!   already queued there, and probe slots free only as their holders' header timeouts expire,
+//!   so hundreds of abusive sockets delay it past a kubelet's 3-5 s probe timeout.
+//! - **A probe listener of its own.** Hence [`serve_probes`] (`--probe-listen`): the probe
+//!   routes ([`PROBE_ROUTES`]) on a second listener, with its own backlog and
+//!   [`PROBE_LISTENER_CONNECTIONS`] one-request slots that the service's clients cannot take
+//!   (they are not counted against `--max-connections`). A pod whose service port is held by
+//!   clients then keeps passing its probes while it closes them at their header timeout,
+//!   instead of failing its liveness probe and being restarted (which only hands them a fresh
+//!   pod). It is one more port rather than a priority inside the one listener because the
+//!   kernel's accept queue is first come, first served: no server can pick a probe out of it.
+//! - **An explicit listen backlog.** [`LISTEN_BACKLOG`] connections wait in the kernel's queue
+//!   while every slot is taken (capped by `net.core.somaxconn`); tokio's `TcpListener::bind`
+//!   asks for 128, and past the backlog the kernel drops new connections' SYNs, which clients
+//!   retry only after 1 s, 3 s, 7 s.
 //! - **Bounded read buffer.** A connection's read buffer holds at most [`MAX_HEAD_BYTES`]: a
 //!   request line and headers past it are answered 431 `headers_too_large` and the connection is
 //!   closed. hyper's default (about 400 KB) let each idle connection hold that much unfinished
@@ -24,7 +39,11 @@
 //!   to finish its in-flight request and close, and [`serve`] returns when the last one has.
 //!
 //! - **Parse errors in JSON.** A request hyper cannot parse is answered by hyper itself; those
-//!   answers get the JSON error body on the way out ([`crate::parse_errors`]).
+//!   answers get the JSON error body on the way out ([`crate::parse_errors`]). HTTP/1.0 is
+//!   served (health checkers and load generators send it; the connection closes after the
+//!   answer unless the request asks for keep-alive); an HTTP/2 prior-knowledge preface, which
+//!   hyper closes without a word, is answered 505 `http_version_not_supported`
+//!   ([`crate::h2_preface`]).
 //!
 //! Request-level limits (body size, body read time, URI length, request time, concurrency) are
 //! the router's ([`crate::api`]).
@@ -34,6 +53,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -42,6 +64,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::api::ApiError;
+use crate::h2_preface::RefuseH2Preface;
 use crate::parse_errors::JsonParseErrors;
 
 /// Descriptors kept for everything but client connections: the store's pool and SQLite's files,
@@ -56,6 +80,18 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const MAX_HEAD_BYTES: usize = 64 << 10;
 /// Probe slots (one-request connections past the limit).
 pub const DEFAULT_PROBE_SLOTS: usize = 16;
+/// Connections the probe listener serves at once (one request each): a kubelet's three probes
+/// and a scrape need a few; the rest is room for probes that overlap.
+pub const PROBE_LISTENER_CONNECTIONS: usize = 32;
+/// Descriptors the probe listener takes when it is on: its connections and its socket.
+pub const PROBE_LISTENER_FDS: usize = PROBE_LISTENER_CONNECTIONS + 1;
+/// The only routes the probe listener serves (any method the service serves on them, so GET and
+/// HEAD); anything else there is 404.
+pub const PROBE_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// The listen backlog asked for: connections the kernel completes and queues while every slot
+/// is taken. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4, 128
+/// before; per network namespace, so per pod). Queued connections hold no descriptor of ours.
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// How many connections, and how long a connection may wait for a request's headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +183,8 @@ pub fn descriptor_limit() -> std::io::Result<u64> {
 pub struct ConnectionMetrics {
     /// `notellm_http_connections`: open now.
     pub open: IntGauge,
-    /// `notellm_http_connections_total{slot}`: accepted, by slot (`regular`, `probe`).
+    /// `notellm_http_connections_total{slot}`: accepted, by slot (`regular`, `probe`,
+    /// `probe_listener`).
     pub accepted: IntCounterVec,
     /// `notellm_http_connections_closed_total{reason}`: `header_timeout`, `error` or `done`.
     pub closed: IntCounterVec,
@@ -159,7 +196,8 @@ impl ConnectionMetrics {
         let accepted = IntCounterVec::new(
             prometheus::Opts::new(
                 "notellm_http_connections_total",
-                "HTTP connections accepted, by slot (regular: keep-alive; probe: one request, past the limit)",
+                "HTTP connections accepted, by slot (regular: keep-alive; probe: one request, past the limit; \
+                 probe_listener: on --probe-listen)",
             ),
             &["slot"],
         )?;
@@ -190,15 +228,18 @@ enum SlotKind {
     Regular,
     /// One request, a short header timeout: past the regular limit.
     Probe,
+    /// One request, a short header timeout: on the probe listener.
+    ProbeListener,
 }
 
 impl SlotKind {
-    const ALL: [SlotKind; 2] = [SlotKind::Regular, SlotKind::Probe];
+    const ALL: [SlotKind; 3] = [SlotKind::Regular, SlotKind::Probe, SlotKind::ProbeListener];
 
     fn label(self) -> &'static str {
         match self {
             SlotKind::Regular => "regular",
             SlotKind::Probe => "probe",
+            SlotKind::ProbeListener => "probe_listener",
         }
     }
 }
@@ -225,6 +266,35 @@ async fn admit(regular: &Arc<Semaphore>, probe: &Arc<Semaphore>) -> Slot {
     }
 }
 
+/// How a listener's connections get their slots.
+enum Admission {
+    /// The service's listener: a regular slot while there is one, else a probe slot.
+    Service { regular: Arc<Semaphore>, probe: Arc<Semaphore> },
+    /// The probe listener: one-request slots of its own.
+    ProbeListener(Arc<Semaphore>),
+}
+
+impl Admission {
+    async fn admit(&self) -> Slot {
+        match self {
+            Admission::Service { regular, probe } => admit(regular, probe).await,
+            Admission::ProbeListener(slots) => {
+                // The semaphore is never closed, so acquiring cannot fail.
+                let permit = slots.clone().acquire_owned().await.expect("the probe listener's slots are never closed");
+                Slot { kind: SlotKind::ProbeListener, _permit: permit }
+            }
+        }
+    }
+
+    /// The listener's name in the log.
+    fn name(&self) -> &'static str {
+        match self {
+            Admission::Service { .. } => "service",
+            Admission::ProbeListener(_) => "probes",
+        }
+    }
+}
+
 /// Serves `router` on `listener` within `limits` until `shutdown` resolves, then lets every open
 /// connection finish its request and returns once all have closed.
 pub async fn serve(
@@ -234,8 +304,53 @@ pub async fn serve(
     metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let regular = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let probe = Arc::new(Semaphore::new(limits.probe_slots));
+    let admission = Admission::Service {
+        regular: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        probe: Arc::new(Semaphore::new(limits.probe_slots)),
+    };
+    accept_loop(listener, router, admission, limits.header_read_timeout, metrics, shutdown).await;
+}
+
+/// Serves the probe routes of `router` (the service's router: [`PROBE_ROUTES`] of it, 404 for
+/// the rest) on the probe listener until `shutdown` resolves, like [`serve`] but with
+/// [`PROBE_LISTENER_CONNECTIONS`] slots of its own, each serving one request with a header
+/// timeout of at most [`PROBE_HEADER_TIMEOUT`]: a kubelet opens a connection per probe, and
+/// a client that holds one idle cannot keep it past that timeout.
+pub async fn serve_probes(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let admission = Admission::ProbeListener(Arc::new(Semaphore::new(PROBE_LISTENER_CONNECTIONS)));
+    accept_loop(listener, probe_routes(router), admission, header_read_timeout, metrics, shutdown).await;
+}
+
+/// `router` cut down to [`PROBE_ROUTES`]: whatever reaches the pod reaches the probe port, so it
+/// serves what a probe or a scrape needs and nothing else (no writes, no `/admin`, no notes).
+pub fn probe_routes(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(only_probe_routes))
+}
+
+async fn only_probe_routes(req: Request, next: Next) -> Response {
+    if PROBE_ROUTES.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    ApiError::not_found("the probe listener serves /healthz, /readyz and /metrics only").into_response()
+}
+
+/// Accepts connections on `listener` as `admission` gives out slots and serves `router` on each
+/// until `shutdown` resolves, then lets every open connection finish its request and returns
+/// once all have closed.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    admission: Admission,
+    header_read_timeout: Duration,
+    metrics: ConnectionMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut shutdown = pin!(shutdown);
@@ -245,7 +360,7 @@ pub async fn serve(
         let slot = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            slot = admit(&regular, &probe) => slot,
+            slot = admission.admit() => slot,
         };
         let (stream, peer) = tokio::select! {
             biased;
@@ -269,8 +384,8 @@ pub async fn serve(
         let (router, metrics, mut stop) = (router.clone(), metrics.clone(), stop_rx.clone());
         connections.spawn(async move {
             let (keep_alive, header_timeout) = match slot.kind {
-                SlotKind::Regular => (true, limits.header_read_timeout),
-                SlotKind::Probe => (false, limits.header_read_timeout.min(PROBE_HEADER_TIMEOUT)),
+                SlotKind::Regular => (true, header_read_timeout),
+                SlotKind::Probe | SlotKind::ProbeListener => (false, header_read_timeout.min(PROBE_HEADER_TIMEOUT)),
             };
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -278,8 +393,8 @@ pub async fn serve(
                 .header_read_timeout(header_timeout)
                 .keep_alive(keep_alive)
                 .max_buf_size(MAX_HEAD_BYTES);
-            let conn =
-                builder.serve_connection(TokioIo::new(JsonParseErrors::new(stream)), TowerToHyperService::new(router));
+            let io = TokioIo::new(JsonParseErrors::new(RefuseH2Preface::new(stream)));
+            let conn = builder.serve_connection(io, TowerToHyperService::new(router));
             let mut conn = pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -306,7 +421,11 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    tracing::info!(open = connections.len(), "stopped accepting; waiting for open connections");
+    tracing::info!(
+        listener = admission.name(),
+        open = connections.len(),
+        "stopped accepting; waiting for open connections"
+    );
     while connections.join_next().await.is_some() {}
 }
 
@@ -333,6 +452,31 @@ mod tests {
         assert!(matches!(plan(None, 16, T, 200), Err(ConnectionError::DescriptorsTooFew { .. })));
         assert!(matches!(plan(None, 16, T, 272), Err(ConnectionError::DescriptorsTooFew { .. })));
         assert_eq!(plan(None, 16, Duration::ZERO, 1024), Err(ConnectionError::ZeroHeaderTimeout));
+    }
+
+    #[tokio::test]
+    async fn the_probe_listener_serves_the_probe_routes_only() {
+        use axum::body::Body;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        use tower::ServiceExt;
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(|| async { "metrics" }))
+            .route("/notes/{note_id}", get(|| async { "a note" }));
+        let probes = probe_routes(router);
+        let cases = [
+            ("/healthz", StatusCode::OK),
+            ("/metrics", StatusCode::OK),
+            ("/notes/a", StatusCode::NOT_FOUND),
+            ("/healthz/", StatusCode::NOT_FOUND),
+            ("/nowhere", StatusCode::NOT_FOUND),
+        ];
+        for (path, status) in cases {
+            let req = axum::http::Request::builder().uri(path).body(Body::empty()).unwrap();
+            let resp = probes.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), status, "{path}");
+        }
     }
 
     #[cfg(unix)]

@@ -1,8 +1,11 @@
 //! Assembling and running the service: store (migrations applied), model, batcher, index, HTTP.
 //!
 //! The listener opens before the index is restored, so `/healthz` answers during a long restore
-//! while `/readyz` says 503. Shutdown (SIGINT/SIGTERM or the caller's signal): stop accepting,
-//! drain in-flight requests, write the index snapshot, close the store's pool.
+//! while `/readyz` says 503. With a probe listener (`--probe-listen`, [`run_with_probes`]) the
+//! probe routes are also served on a port of their own, which the service's clients cannot
+//! crowd out ([`crate::connections`]). Shutdown (SIGINT/SIGTERM or the caller's signal): stop
+//! accepting, drain in-flight requests (the probe listener answers until they are drained),
+//! write the index snapshot, close the store's pool.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -168,8 +171,26 @@ pub async fn run(
     snapshot_interval: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_probes(app, http, listener, None, snapshot_interval, shutdown).await
+}
+
+/// [`run`], and with `probes` the probe routes (`/healthz`, `/readyz`, `/metrics`) on that
+/// listener too, with connections of its own ([`connections::serve_probes`]). It stops after
+/// the service's listener has drained, so probes are answered during the drain.
+pub async fn run_with_probes(
+    app: Arc<App>,
+    http: HttpConfig,
+    listener: tokio::net::TcpListener,
+    probes: Option<tokio::net::TcpListener>,
+    snapshot_interval: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    if let Some(probes) = &probes {
+        let addr = probes.local_addr()?;
+        tracing::info!(%addr, connections = connections::PROBE_LISTENER_CONNECTIONS, "probe listener");
+    }
     // Restore, then (replica mode) follow the store until shutdown.
     let restoring = {
         let app = app.clone();
@@ -213,9 +234,32 @@ pub async fn run(
         header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
         "connection limits"
     );
+    // The probe listener gets a router of its own: the concurrency limits it counts against
+    // are not the ones the service's clients fill (503 `overloaded`).
+    let probe_listener = probes.map(|probes| {
+        let router = api::router(app.clone(), reindex.clone(), http.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let serving = tokio::spawn(connections::serve_probes(
+            probes,
+            router,
+            limits.header_read_timeout,
+            conn_metrics.clone(),
+            stopped,
+        ));
+        (stop, serving)
+    });
     let router = api::router(app.clone(), reindex.clone(), http);
     connections::serve(listener, router, limits, conn_metrics, shutdown).await;
     tracing::info!("stopped accepting; in-flight requests drained");
+    if let Some((stop, serving)) = probe_listener {
+        let _ = stop.send(());
+        if let Err(e) = serving.await {
+            tracing::error!(error = %e, "the probe listener failed");
+        }
+    }
     snapshots.abort();
     restoring.abort();
     probe.abort();
@@ -241,9 +285,20 @@ async fn stop_reindex(reindex: &Reindexer) {
     }
 }
 
-/// Binds `addr`.
+/// Binds `addr` with a listen backlog of [`connections::LISTEN_BACKLOG`] (tokio's
+/// `TcpListener::bind` asks for 128, which a few hundred clients held waiting for a slot
+/// overflow: the kernel then drops new connections, probes included, until they retry).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr, source })
+    let listen = || -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        // As `TcpListener::bind` does: a restarted server binds while the old one's connections
+        // are in TIME_WAIT. (On Windows it would let another process take the port.)
+        #[cfg(not(windows))]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(connections::LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| ServerError::Listen { addr, source })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -82,6 +82,9 @@ impl From<StoreError> for AppError {
         }
         match e {
             StoreError::Corrupt { .. } => AppError::Corrupt(msg),
+            // Another process switched the store's model: retryable once this one serves it
+            // (the write path handles it itself; this is the meaning anywhere else).
+            StoreError::StaleModelVersion { .. } => AppError::NotReady(msg),
             StoreError::Db(_)
             | StoreError::Unreachable(_)
             | StoreError::ChangesPurged { .. }
@@ -132,6 +135,8 @@ mod tests {
         ));
         assert!(matches!(AppError::from(StoreError::Unreachable("down".into())), AppError::StoreUnavailable(_)));
         assert!(matches!(AppError::from(StoreError::Config("bad url".into())), AppError::Internal(_)));
+        let stale = StoreError::StaleModelVersion { written: "v1".into(), active: "v2".into() };
+        assert!(matches!(AppError::from(stale), AppError::NotReady(m) if m.contains("v2")));
     }
 
     #[test]

@@ -24,21 +24,34 @@
 //! mix versions. Until that is done (or while it cannot be: the checkpoint is missing on this
 //! host, say) the replica is not ready and refuses writes with the reason, and it keeps
 //! answering reads from the old version's index, untouched.
+//!
+//! A write this replica embedded with the old model while the switch committed is refused by
+//! the store (`StoreError::StaleModelVersion`: the version is checked in the write's
+//! transaction). The write wakes the follow loop, which reads the store's switch record at once
+//! (even when no row changed: a switch of an empty store), and waits a bounded time for the new
+//! model to serve; then it is embedded again by it. So no write is ever stored under the old
+//! version, and none acknowledged by a replica is missing from the new version's indexes.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use crate::restore::{apply_changes, PAGE};
-use crate::{App, AppError};
+use crate::{App, AppError, Serving};
 use notellm_model::ServedModel;
+use notellm_note::ModelVersion;
 use notellm_store::{ActiveModel, Change, ChangeListener, Notice, StoreError};
 
 /// How long a heartbeat over the listening connection may take before the listener counts as
 /// dead and is rebuilt.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write the store refused as embedded by a replaced model waits for this replica to
+/// follow the switch (load the new model and index) before it is answered 503.
+const STALE_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Replica mode's settings (`--follow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +100,9 @@ pub struct FollowStatus {
 pub(crate) struct Follow {
     config: Option<FollowConfig>,
     state: Mutex<State>,
+    /// Wakes the follow loop to read the store's switch record now (a write found the store
+    /// switched to another model). A wake while the loop is busy is kept for its next turn.
+    wake: Notify,
 }
 
 #[derive(Default)]
@@ -109,7 +125,7 @@ struct State {
 
 impl Follow {
     pub(crate) fn new(config: Option<FollowConfig>) -> Self {
-        Self { config, state: Mutex::default() }
+        Self { config, state: Mutex::default(), wake: Notify::new() }
     }
 
     pub(crate) fn config(&self) -> Option<FollowConfig> {
@@ -178,6 +194,18 @@ impl Follow {
 
     fn knows_switch(&self, token: &str) -> bool {
         self.lock().switch_token.as_deref() == Some(token)
+    }
+
+    /// Whether this replica, serving `serving`, must follow the store's switch record `active`:
+    /// it is of another version, and not the switch this replica's model was chosen under (its
+    /// own, or one a deliberate other `--model` started after; see `restore`).
+    fn must_follow(&self, active: &ActiveModel, serving: &ModelVersion) -> bool {
+        active.model_version != *serving && !self.knows_switch(&active.switch_token)
+    }
+
+    /// Asks the follow loop to read the store's switch record now.
+    fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Why writes are refused now (a switch being followed or that cannot be).
@@ -255,6 +283,9 @@ impl App {
         tick.tick().await;
         let mut listener: Option<ChangeListener> = None;
         let mut listen_failing = false;
+        // A switch recorded after this replica chose its model (while it restored) is followed
+        // now, not at the first change that shows it.
+        self.follow_recorded_switch().await;
         loop {
             // While the health probe finds the store unreachable nothing is tried (it has said
             // so); the interval retries.
@@ -292,6 +323,9 @@ impl App {
                         listener = None;
                     }
                 },
+                _ = self.follow.wake.notified() => {
+                    self.follow_recorded_switch().await;
+                }
                 _ = tick.tick() => {
                     if let Some(l) = listener.as_mut() {
                         let beat = tokio::time::timeout(HEARTBEAT_TIMEOUT, l.heartbeat()).await;
@@ -354,7 +388,7 @@ impl App {
                 .any(|c| matches!(c, Change::Upsert { model_version, .. } if *model_version != serving.version));
             if foreign {
                 if let Some(active) = self.store.active_model().await.map_err(|e| self.store_err("changes", e))? {
-                    if active.model_version != serving.version && !self.follow.knows_switch(&active.switch_token) {
+                    if self.follow.must_follow(&active, &serving.version) {
                         return Ok(Step::Switched(active));
                     }
                 }
@@ -375,6 +409,86 @@ impl App {
                 self.after_write();
             }
         }
+    }
+
+    /// Reads the store's switch record and follows it when this replica must, whatever the
+    /// change log shows (a switch of an empty store changes no row); otherwise one usual step.
+    /// Run when a write found the store switched, and when following starts.
+    async fn follow_recorded_switch(&self) {
+        if self.store.unreachable().is_some() {
+            return;
+        }
+        match self.store.active_model().await {
+            Ok(Some(active)) if self.follow.must_follow(&active, &self.model_version()) => {
+                self.follow_switch(active).await;
+                self.refresh_follow_lag();
+            }
+            Ok(_) => self.follow_step().await,
+            Err(e) => {
+                self.store_err("changes", e);
+            }
+        }
+    }
+
+    /// A write embedded by `serving`'s model was refused by the store: another process's
+    /// re-index switched it to `active` meanwhile. `Ok` once this process serves the store's
+    /// active model (the write is then embedded again by it); otherwise why it cannot write now.
+    /// A replica wakes its follow loop and waits for it, at most [`STALE_WRITE_WAIT`]; a process
+    /// that does not follow the store, or that deliberately serves another model, cannot write
+    /// until it is restarted.
+    pub(crate) async fn await_store_model(&self, serving: &Serving, active: &ModelVersion) -> Result<(), AppError> {
+        // Before anything is read: a swap from here on is seen.
+        let mut swaps = self.serving.subscribe();
+        if self.model_version() == *active {
+            return Ok(());
+        }
+        if !self.follow.is_enabled() {
+            return Err(AppError::NotReady(format!(
+                "the store was re-indexed to model {active} (by another process, or before this one started \
+                 with another --model); this one serves model {} and cannot write until it is restarted with \
+                 model {active}",
+                serving.version
+            )));
+        }
+        // The latest record (yet another switch may have followed): its version is what to wait
+        // for, and a record this replica knew when it chose its model is never followed.
+        let record = self.store.active_model().await.map_err(|e| self.store_err("get", e))?;
+        let target = match record {
+            Some(r) => {
+                let known = self.follow.knows_switch(&r.switch_token);
+                // Read after the token: following a switch swaps the model, then records its token.
+                let now = self.model_version();
+                if now == r.model_version {
+                    return Ok(());
+                }
+                if known {
+                    return Err(AppError::NotReady(format!(
+                        "this replica serves model {now} (--model), not model {} that the store's notes are \
+                         of: it cannot write until it is restarted with that model",
+                        r.model_version
+                    )));
+                }
+                r.model_version
+            }
+            None => active.clone(),
+        };
+        self.follow.wake();
+        let followed = async {
+            loop {
+                if self.model_version() == target {
+                    return true;
+                }
+                if swaps.changed().await.is_err() {
+                    return false;
+                }
+            }
+        };
+        if tokio::time::timeout(STALE_WRITE_WAIT, followed).await.unwrap_or(false) {
+            return Ok(());
+        }
+        Err(AppError::NotReady(self.follow.blocked().unwrap_or_else(|| {
+            format!("the store was re-indexed to model {target} by another replica, which this one has not loaded yet")
+        })))
     }
 
     /// The changes this replica needs were purged: a fresh index from a full scan, swapped in.
@@ -564,6 +678,32 @@ mod tests {
         let single = Follow::new(None);
         single.wrote([1, 2]);
         assert!(!single.is_local(1) && single.status().is_none() && single.unready().is_none());
+    }
+
+    #[test]
+    fn switches_to_another_model_are_followed_unless_known() {
+        let f = following();
+        let v1 = ModelVersion("v1".into());
+        let record = |version: &str, token: &str| ActiveModel {
+            model_version: ModelVersion(version.into()),
+            model_dir: "/models/x".into(),
+            previous_version: ModelVersion("v0".into()),
+            switch_token: token.into(),
+            switched_at: std::time::SystemTime::now(),
+        };
+        assert!(f.must_follow(&record("v2", "t1"), &v1));
+        assert!(!f.must_follow(&record("v1", "t1"), &v1), "the model it serves");
+        f.start_at(0, Some("t1".into()));
+        assert!(!f.must_follow(&record("v2", "t1"), &v1), "the switch it chose its model under");
+        assert!(f.must_follow(&record("v2", "t2"), &v1), "a later switch");
+    }
+
+    #[tokio::test]
+    async fn a_wake_while_the_loop_is_busy_is_kept_for_its_next_turn() {
+        let f = following();
+        f.wake();
+        let woken = tokio::time::timeout(Duration::from_millis(200), f.wake.notified()).await;
+        assert!(woken.is_ok(), "the wake was lost");
     }
 
     #[test]

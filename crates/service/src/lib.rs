@@ -18,7 +18,10 @@
 //! What serves is one [`Serving`] (model version, batcher, index, snapshot folder), swapped whole
 //! by a restore or a re-index, and only while the gate is held. A request takes the current
 //! `Serving` once, so its answer comes from one model version; a write that embedded with a
-//! model that was switched out before it entered the gate embeds again with the new one.
+//! model that was switched out before it entered the gate embeds again with the new one. The
+//! store checks the version too, at commit: a write embedded by a model that another process's
+//! re-index replaced is refused, and embeds again once this process serves the new model
+//! (`follow.rs`), or is answered 503 when it cannot.
 //!
 //! `GET /related` answers are cached per (note, k) for one generation of what serves
 //! (`related_cache.rs`): the serving epoch (incremented by every swap) and the index's version
@@ -50,7 +53,8 @@ pub use reindex::{ReindexError, ReindexRequest, ReindexState, ReindexStatus, Rei
 pub use related_cache::{CacheMetrics, Generation, RelatedCache, RelatedKey};
 pub use serving::{snapshot_dir, IndexBackend, Serving, ServingTemplate, Vectors};
 pub use suggest::{
-    SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_NEIGHBOURS, MAX_SUGGEST_NEIGHBOURS,
+    SuggestConfig, SuggestFrom, Suggested, SuggestionSource, DEFAULT_SUGGEST_FLOOR, DEFAULT_SUGGEST_MIN_SHARE,
+    DEFAULT_SUGGEST_NEIGHBOURS, DEFAULT_SUGGEST_TEMPERATURE, DEFAULT_VOTE_RULE, MAX_SUGGEST_NEIGHBOURS,
 };
 
 use crate::batcher::ImageSource;
@@ -62,10 +66,14 @@ use notellm_index::{Hit, NoteIndex};
 use notellm_model::features::{from_f16_bytes, to_f16_bytes};
 use notellm_model::image_input::ImageInput;
 use notellm_note::{Embedding, ModelVersion, Note, NoteId, NoteLimits};
-use notellm_store::{content_hash_with_image, NoteWrite, Store, StoredImage, StoredNote};
+use notellm_store::{content_hash_with_image, NoteWrite, Store, StoreError, StoredImage, StoredNote};
 
 /// `--related-cache-entries`' default: about 70 MB of answers at k = 20.
 pub const DEFAULT_RELATED_CACHE_ENTRIES: usize = 65_536;
+
+/// Most times one write is embedded: each retry follows a switch of the serving model that
+/// happened while it was embedded (switches take a whole re-index each, so one retry is the rule).
+const MAX_WRITE_ATTEMPTS: usize = 4;
 
 /// Limits on what clients may send (validated in `api/`, enforced here too).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,17 +346,26 @@ impl App {
     /// it, and they are stored with the note.
     pub async fn put_uploads(&self, items: Vec<NoteUpload>) -> Result<Vec<Result<PutOutcome, AppError>>, AppError> {
         self.require_writable()?;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let serving = self.serving();
             if let Some(results) = self.put_with(&serving, &items).await? {
                 return Ok(results);
+            }
+            if attempts >= MAX_WRITE_ATTEMPTS {
+                return Err(AppError::NotReady(format!(
+                    "the model was switched {attempts} times while this write was embedded; retry"
+                )));
             }
             tracing::info!(from = %serving.version, "models were switched while embedding a write; embedding again");
         }
     }
 
     /// One attempt of [`put_notes`](Self::put_notes) with `serving`'s model; `None` when a switch
-    /// replaced it before the write got the gate (nothing was written).
+    /// replaced it before the write committed (nothing was written): this process's own switch,
+    /// before the write got the gate, or another process's, which the store refused it for
+    /// (then this process serves the new model when `None` is returned).
     async fn put_with(
         &self,
         serving: &Arc<Serving>,
@@ -408,7 +425,22 @@ impl App {
                     image: image.as_ref(),
                 })
                 .collect();
-            let seqs = self.store.put_notes(&writes).await.map_err(|e| self.store_err("put", e))?;
+            let seqs = match self.store.put_notes(&writes).await {
+                Ok(seqs) => seqs,
+                Err(StoreError::StaleModelVersion { written, active }) => {
+                    // Following the switch needs the gate: out of it before waiting.
+                    drop(guard);
+                    tracing::info!(
+                        written = %written,
+                        active = %active,
+                        "the store was switched to another model while a write was embedded; following it"
+                    );
+                    self.await_store_model(serving, &ModelVersion(active)).await?;
+                    self.metrics.writes_reembedded.inc();
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.store_err("put", e)),
+            };
             self.store_wrote();
             self.follow.wrote(seqs.iter().copied());
             let batch: Vec<(NoteId, Embedding)> =

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub reindex_duration: Histogram,
     pub reindex_write_hold: Histogram,
     pub reindex_embedded: IntCounter,
+    /// Writes the store refused as embedded by a model another process's re-index had replaced,
+    /// embedded again by the new one.
+    pub writes_reembedded: IntCounter,
     pub related_cache_hits: IntCounter,
     pub related_cache_misses: IntCounter,
     pub related_cache_entries: IntGauge,
@@ -215,6 +218,11 @@ impl Metrics {
                 "notellm_reindex_embedded_notes_total",
                 "Notes embedded by re-indexes (background, not live writes)",
             )?,
+            writes_reembedded: IntCounter::new(
+                "notellm_writes_reembedded_total",
+                "Writes the store refused because another process's re-index had switched it to another model \
+                 while they were embedded, embedded again by the new model",
+            )?,
             related_cache_hits: IntCounter::new(
                 "notellm_related_cache_hits_total",
                 "GET /related answers served from the answer cache",
@@ -288,6 +296,7 @@ impl Metrics {
         r.register(Box::new(m.reindex_duration.clone()))?;
         r.register(Box::new(m.reindex_write_hold.clone()))?;
         r.register(Box::new(m.reindex_embedded.clone()))?;
+        r.register(Box::new(m.writes_reembedded.clone()))?;
         r.register(Box::new(m.related_cache_hits.clone()))?;
         r.register(Box::new(m.related_cache_misses.clone()))?;
         r.register(Box::new(m.related_cache_entries.clone()))?;
@@ -361,6 +370,7 @@ mod tests {
             "notellm_reindex_duration_seconds_bucket",
             "notellm_reindex_write_hold_seconds_bucket",
             "notellm_reindex_embedded_notes_total 0",
+            "notellm_writes_reembedded_total 0",
             "notellm_related_cache_hits_total 0",
             "notellm_images_encoded_total 0",
             "notellm_image_features_reused_total 0",

@@ -25,9 +25,18 @@ impl App {
     pub async fn restore(&self) -> Result<(), AppError> {
         let started = Instant::now();
         // The switch the serving model belongs to (or that a deliberate other --model ignores):
-        // a replica follows only switches recorded after it.
+        // a replica follows only switches recorded after it. One that replaced the serving
+        // model is not known, whatever the order: it was recorded after the model was chosen
+        // (`resolve_model_dir` would have loaded its checkpoint), or that checkpoint could not
+        // be loaded; either way the store refuses this model's writes, so it is followed.
         let switch_token = if self.follow.is_enabled() {
-            self.store.active_model().await.map_err(|e| self.store_err("changes", e))?.map(|a| a.switch_token)
+            let mine = self.model_version();
+            self.store
+                .active_model()
+                .await
+                .map_err(|e| self.store_err("changes", e))?
+                .filter(|a| a.model_version == mine || a.previous_version != mine)
+                .map(|a| a.switch_token)
         } else {
             None
         };

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use candle_core::Device;
+use tokio::sync::watch;
 
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::gate::Held;
@@ -87,7 +88,12 @@ impl Serving {
 /// The slot what serves lives in, and how many times it was swapped: the serving half of a
 /// [`Generation`]. Readers take the current [`Serving`] once per request; a swap (a restore or a
 /// re-index switch) needs the write gate held, so no write is between store and index then.
-pub(crate) struct ServingSlot(RwLock<Current>);
+pub(crate) struct ServingSlot {
+    current: RwLock<Current>,
+    /// The epoch, published by every swap: what a write waits on while this process follows a
+    /// re-index switch made by another ([`ServingSlot::subscribe`]).
+    swaps: watch::Sender<u64>,
+}
 
 struct Current {
     serving: Arc<Serving>,
@@ -96,7 +102,8 @@ struct Current {
 
 impl ServingSlot {
     pub(crate) fn new(serving: Serving) -> Self {
-        Self(RwLock::new(Current { serving: Arc::new(serving), epoch: 0 }))
+        let (swaps, _) = watch::channel(0);
+        Self { current: RwLock::new(Current { serving: Arc::new(serving), epoch: 0 }), swaps }
     }
 
     /// What serves now.
@@ -106,7 +113,7 @@ impl ServingSlot {
 
     /// What serves now and its generation, read together (a swap holds the write lock).
     pub(crate) fn current(&self) -> (Arc<Serving>, Generation) {
-        let c = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let c = self.current.read().unwrap_or_else(|e| e.into_inner());
         let generation = Generation { serving: c.epoch, index: c.serving.hnsw().map_or(0, |i| i.version()) };
         (c.serving.clone(), generation)
     }
@@ -114,9 +121,18 @@ impl ServingSlot {
     /// Puts `serving` in the slot; every answer cached so far came from the one it replaces.
     pub(crate) fn swap(&self, serving: Serving, _held: &Held<'_>) {
         let serving = Arc::new(serving);
-        let mut c = self.0.write().unwrap_or_else(|e| e.into_inner());
-        c.serving = serving;
-        c.epoch += 1;
+        let epoch = {
+            let mut c = self.current.write().unwrap_or_else(|e| e.into_inner());
+            c.serving = serving;
+            c.epoch += 1;
+            c.epoch
+        };
+        self.swaps.send_replace(epoch);
+    }
+
+    /// Sees every swap after this call (`changed()` resolves once one happened since).
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 }
 

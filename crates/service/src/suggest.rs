@@ -5,7 +5,10 @@
 //!   queue), its nearest indexed notes are found, and they vote with their stored hashtags and
 //!   category, each weighted by its similarity ([`notellm_model::vote`]), so the answer speaks the
 //!   deployment's own vocabulary (not the checkpoint's training lists). When the index is still
-//!   being restored, or no neighbour carries a label, the answer is generated instead.
+//!   being restored, or no neighbour carries a label, the answer is generated instead. How
+//!   similarities become votes, and which tags are answered, is the [`VoteRule`]
+//!   (`--suggest-temperature`, `--suggest-floor`, `--suggest-min-share`): a draft far from every
+//!   stored note gets few or no hashtags, never the deployment's majority.
 //! - **generate**: the LLM generates them with the generation half of the Note Compression
 //!   Prompt (the generation queue).
 //!
@@ -20,7 +23,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use super::{App, AppError};
-use notellm_model::vote::{Ballot, Voter};
+use notellm_model::vote::{Ballot, VoteRule, Voter};
 use notellm_model::Suggestion;
 use notellm_note::Note;
 
@@ -51,30 +54,43 @@ impl FromStr for SuggestFrom {
     }
 }
 
+/// The vote `/suggest-tags` counts by default ([`notellm_model::vote::DEFAULT_SUGGEST_RULE`]).
+pub const DEFAULT_VOTE_RULE: VoteRule = notellm_model::vote::DEFAULT_SUGGEST_RULE;
+/// `--suggest-temperature`'s default (0: the plain, similarity-weighted vote).
+pub const DEFAULT_SUGGEST_TEMPERATURE: f64 = match DEFAULT_VOTE_RULE.temperature {
+    Some(t) => t,
+    None => 0.0,
+};
+/// `--suggest-floor`'s default.
+pub const DEFAULT_SUGGEST_FLOOR: f32 = DEFAULT_VOTE_RULE.floor;
+/// `--suggest-min-share`'s default.
+pub const DEFAULT_SUGGEST_MIN_SHARE: f64 = DEFAULT_VOTE_RULE.min_share;
+
 /// How `/suggest-tags` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SuggestConfig {
     pub from: SuggestFrom,
     /// Nearest notes that vote (1..=[`MAX_SUGGEST_NEIGHBOURS`]).
     pub neighbours: usize,
+    /// How their similarities count, and which tags are answered.
+    pub rule: VoteRule,
 }
 
 impl Default for SuggestConfig {
     fn default() -> Self {
-        Self { from: SuggestFrom::default(), neighbours: DEFAULT_SUGGEST_NEIGHBOURS }
+        Self { from: SuggestFrom::default(), neighbours: DEFAULT_SUGGEST_NEIGHBOURS, rule: DEFAULT_VOTE_RULE }
     }
 }
 
 impl SuggestConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if (1..=MAX_SUGGEST_NEIGHBOURS).contains(&self.neighbours) {
-            Ok(())
-        } else {
-            Err(format!(
+        if !(1..=MAX_SUGGEST_NEIGHBOURS).contains(&self.neighbours) {
+            return Err(format!(
                 "suggestion neighbours must be between 1 and {MAX_SUGGEST_NEIGHBOURS}, got {}",
                 self.neighbours
-            ))
+            ));
         }
+        self.rule.validate()
     }
 }
 
@@ -143,13 +159,13 @@ impl App {
         }
         let ids: Vec<_> = hits.iter().map(|h| h.id.clone()).collect();
         let labels = self.store.labels(&ids).await.map_err(|e| self.store_err("labels", e))?;
-        let mut ballot = Ballot::default();
+        let mut ballot = Ballot::new(self.suggest.rule);
         // A note deleted since the search has no labels left and does not vote.
         for (id, l) in &labels {
             let Some(hit) = hits.iter().find(|h| &h.id == id) else { continue };
             ballot.add(Voter { hashtags: &l.hashtags, category: l.category.as_deref(), similarity: hit.score });
         }
-        tracing::debug!(neighbours = hits.len(), voted = labels.len(), "neighbours voted");
+        tracing::debug!(neighbours = hits.len(), labelled = labels.len(), "neighbours voted");
         Ok((!ballot.is_empty()).then(|| ballot.result(max_hashtags)))
     }
 }
@@ -167,6 +183,9 @@ mod tests {
         assert!(SuggestConfig::default().validate().is_ok());
         assert!(SuggestConfig { neighbours: 0, ..Default::default() }.validate().is_err());
         assert!(SuggestConfig { neighbours: MAX_SUGGEST_NEIGHBOURS + 1, ..Default::default() }.validate().is_err());
+        let rule = VoteRule { min_share: 2.0, ..DEFAULT_VOTE_RULE };
+        assert_eq!((DEFAULT_SUGGEST_TEMPERATURE, DEFAULT_SUGGEST_FLOOR, DEFAULT_SUGGEST_MIN_SHARE), (0.0, 0.3, 0.0));
+        assert!(SuggestConfig { rule, ..Default::default() }.validate().unwrap_err().contains("share"));
         let s = Suggested {
             suggestion: Suggestion { hashtags: vec!["a".into()], category: None },
             source: SuggestionSource::Neighbours,

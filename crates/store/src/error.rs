@@ -41,6 +41,15 @@ pub enum StoreError {
     #[error("{missing} notes have no current vector of model {version}; nothing was switched")]
     Incomplete { version: String, missing: u64 },
 
+    /// A write embedded by another model version than the one the store's last re-index switch
+    /// made active (another process switched while it was embedded): nothing was written. The
+    /// write must be embedded again by the active model.
+    #[error(
+        "the write was embedded by model {written}, but the store was re-indexed to model {active}; \
+         nothing was written"
+    )]
+    StaleModelVersion { written: String, active: String },
+
     /// Tombstones a follower would need were purged: it must rebuild from a full scan.
     #[error(
         "changes after seq {since} can no longer be replayed (tombstones up to seq \
@@ -61,6 +70,7 @@ impl StoreError {
             StoreError::Corrupt { .. } => "corrupt",
             StoreError::ChangesPurged { .. } => "changes_purged",
             StoreError::Incomplete { .. } => "incomplete",
+            StoreError::StaleModelVersion { .. } => "stale_model_version",
         }
     }
 

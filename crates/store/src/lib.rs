@@ -46,6 +46,13 @@
 //! old version keeps serving from `notes`; [`Store::promote`] switches them in, in one
 //! transaction (`staging.rs`).
 //!
+//! Once a switch is recorded, a put is accepted only with vectors of the active version: each
+//! put reads the active version inside its transaction, after taking the counter, and fails with
+//! [`StoreError::StaleModelVersion`] (writing nothing) when one of its writes is of another. The
+//! switch takes the counter first too, so the version a put reads is the one in force when it
+//! commits: no note committed under a replaced version outlives the switch (a process that
+//! embedded with it, say a replica that has not followed the switch yet, embeds again).
+//!
 //! Tombstones older than a retention period can be dropped with
 //! [`Store::purge_tombstones`]; a follower whose position predates a purged tombstone then gets
 //! [`StoreError::ChangesPurged`] and must rebuild from a scan.
@@ -176,6 +183,17 @@ pub struct NoteWrite<'a> {
     pub image: Option<&'a StoredImage>,
 }
 
+/// Refuses `batch` unless every write in it is of the store's active model version (`active`,
+/// read inside the write's transaction after it took the change-sequence counter; `None` before
+/// the first re-index switch, when any version is accepted).
+fn check_active_model(batch: &[NoteWrite<'_>], active: Option<&str>) -> Result<()> {
+    let Some(active) = active else { return Ok(()) };
+    match batch.iter().find(|w| w.model_version.0 != active) {
+        Some(w) => Err(StoreError::StaleModelVersion { written: w.model_version.0.clone(), active: active.to_owned() }),
+        None => Ok(()),
+    }
+}
+
 /// A note as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredNote {
@@ -266,7 +284,7 @@ pub use images::StoredImage;
 pub use listen::{ChangeListener, Notice, HEARTBEAT_SQL};
 pub use pgvector::MAX_EF_SEARCH;
 
-pub use staging::{ActiveModel, Promotion, ReindexNote, StagedVector, Switch};
+pub use staging::{ActiveModel, Promotion, ReindexNote, StagedVector, Switch, SwitchHold};
 
 /// Where `DATABASE_URL` points.
 enum Target<'a> {
@@ -390,7 +408,9 @@ impl Store {
     }
 
     /// Inserts or replaces a batch of notes in one transaction (all or nothing). Returns one seq
-    /// per input, in input order; if an id repeats, the later entry wins.
+    /// per input, in input order; if an id repeats, the later entry wins. Fails with
+    /// [`StoreError::StaleModelVersion`], writing nothing, when a re-index switch has made
+    /// another model version active than one of the writes' (see the module doc).
     pub async fn put_notes(&self, batch: &[NoteWrite<'_>]) -> Result<Vec<i64>> {
         dispatch!(self, b => b.put_notes(batch).await)
     }
@@ -527,6 +547,13 @@ mod tests {
         tokio::spawn(async move { s.current_seq(&i).await.map(|_| ()) });
         let s = store.clone();
         tokio::spawn(async move { s.purge_tombstones(Duration::ZERO).await.map(|_| ()) });
+        let s = store.clone();
+        tokio::spawn(async move {
+            let v = ModelVersion("m2".into());
+            let switch = Switch { model_version: &v, model_dir: "d", previous_version: &v, switch_token: "t" };
+            let hold = s.hold_for_switch().await?;
+            s.promote_held(hold, &switch).await.map(|_| ())
+        });
         let s = store.clone();
         tokio::spawn(async move { s.close().await });
         tokio::spawn(async move {

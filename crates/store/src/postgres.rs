@@ -6,6 +6,11 @@
 //! reader can see seq `n`, every seq below `n` is visible too (see the module doc of `store`).
 //! Statements are combined with data-modifying CTEs so that a write holds the counter lock for as
 //! few round trips as possible.
+//!
+//! A put reads the active model version after taking the counter (in the statement that queues
+//! its notification). Under READ COMMITTED each statement sees what committed before it began,
+//! and the re-index switch holds the counter row from its first statement to its COMMIT, so that
+//! read sees the switch if the put commits after it, and the switch waits for the put otherwise.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,8 +23,8 @@ use super::migrations::{self, MigrationReport};
 use super::pgvector;
 use super::staging::{ActiveRow, ReindexRow};
 use super::{
-    ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions,
-    StoredNote, Switch,
+    check_active_model, ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector,
+    StoreError, StoreOptions, StoredNote, Switch,
 };
 use notellm_note::{Embedding, ModelVersion, NoteId};
 
@@ -57,6 +62,12 @@ const NOTE_COLUMNS: &str = "note_id, title, content, hashtags, category, content
 
 /// Takes `$1` sequence numbers; returns the last. Must be a write transaction's first statement.
 const ALLOCATE_SEQS: &str = "UPDATE notellm_seq SET seq = seq + $1 WHERE id = 1 RETURNING seq";
+
+/// Queues the notification of seq `$2` on channel `$1` and reads the active model version (NULL
+/// before the first switch) in the same round trip. A statement of its own after
+/// [`ALLOCATE_SEQS`]: its snapshot is taken once the counter row is this transaction's.
+const NOTIFY_READING_ACTIVE: &str =
+    "SELECT (SELECT model_version FROM notellm_active_model WHERE id = 1) AS active, pg_notify($1, $2)";
 
 /// Inserts or replaces a note, and clears any tombstone left by an earlier delete of its id.
 /// With the pgvector column (`vectors`), `vec` is written in the same statement as `dim`
@@ -197,7 +208,11 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let first = allocate_seqs(&mut tx, batch.len(), &self.channel).await?;
+        let (first, active) = allocate_seqs_reading_active(&mut tx, batch.len(), &self.channel).await?;
+        if let Err(e) = check_active_model(batch, active.as_deref()) {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         for (w, seq) in batch.iter().zip(first..) {
             let q = sqlx::query(&self.upsert)
@@ -407,9 +422,22 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn promote(&self, s: &Switch<'_>) -> Result<Promotion> {
+    /// A transaction holding the change counter's row: no write commits until it ends.
+    pub(crate) async fn hold_counter(&self) -> Result<PgTransaction<'static>> {
         let mut tx = self.pool.begin().await?;
-        // The counter row first, as every writer: no write can commit while the switch runs.
+        sqlx::query("SELECT seq FROM notellm_seq WHERE id = 1 FOR UPDATE").execute(&mut *tx).await?;
+        Ok(tx)
+    }
+
+    pub(crate) async fn promote(&self, s: &Switch<'_>) -> Result<Promotion> {
+        let tx = self.hold_counter().await?;
+        self.promote_in(tx, s).await
+    }
+
+    /// The switch, in `tx`, which may hold the counter's row already (`hold_counter`).
+    pub(crate) async fn promote_in(&self, mut tx: PgTransaction<'static>, s: &Switch<'_>) -> Result<Promotion> {
+        // The counter row first, as every writer: no write can commit while the switch runs, and
+        // a put that takes the row after it reads the version it records.
         let before: i64 =
             sqlx::query_scalar("SELECT seq FROM notellm_seq WHERE id = 1 FOR UPDATE").fetch_one(&mut *tx).await?;
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM notes").fetch_one(&mut *tx).await?;
@@ -492,6 +520,21 @@ async fn allocate_seqs(tx: &mut PgTransaction<'_>, n: usize, channel: &str) -> R
     let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(n).fetch_one(&mut **tx).await?;
     notify(tx, channel, last).await?;
     Ok(last - n + 1)
+}
+
+/// [`allocate_seqs`] for a put: also reads the store's active model version (`None` before the
+/// first switch) in the round trip that queues the notification, after the counter row is
+/// `tx`'s (see the module doc).
+async fn allocate_seqs_reading_active(
+    tx: &mut PgTransaction<'_>,
+    n: usize,
+    channel: &str,
+) -> Result<(i64, Option<String>)> {
+    let n = i64::try_from(n).map_err(|_| StoreError::Config("batch too large".into()))?;
+    let last: i64 = sqlx::query_scalar(ALLOCATE_SEQS).bind(n).fetch_one(&mut **tx).await?;
+    let active: Option<String> =
+        sqlx::query_scalar(NOTIFY_READING_ACTIVE).bind(channel).bind(last.to_string()).fetch_one(&mut **tx).await?;
+    Ok((last - n + 1, active))
 }
 
 /// Queues the notification of `seq` on `channel`; Postgres sends it if and when `tx` commits.

@@ -24,8 +24,8 @@ use super::images::{self, ImageRow, StoredImage};
 use super::migrations::{self, MigrationReport};
 use super::staging::{ActiveRow, ReindexRow};
 use super::{
-    ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector, StoreError, StoreOptions,
-    StoredNote, Switch,
+    check_active_model, ActiveModel, Change, NoteLabels, NoteWrite, Promotion, ReindexNote, Result, StagedVector,
+    StoreError, StoreOptions, StoredNote, Switch,
 };
 use notellm_note::{Embedding, ModelVersion, NoteId};
 
@@ -148,6 +148,15 @@ impl SqliteStore {
         let now = codec::now_micros();
         let mut tx = self.begin_write().await?;
         let first = allocate_seqs(&mut tx, batch.len()).await?;
+        // Under BEGIN IMMEDIATE no switch can commit before this write does: the version read
+        // here is the one in force at its commit.
+        let active: Option<String> = sqlx::query_scalar("SELECT model_version FROM notellm_active_model WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Err(e) = check_active_model(batch, active.as_deref()) {
+            tx.rollback().await?;
+            return Err(e);
+        }
         let mut seqs = Vec::with_capacity(batch.len());
         for (w, seq) in batch.iter().zip(first..) {
             sqlx::query("DELETE FROM note_tombstones WHERE note_id = $1").bind(w.id.as_str()).execute(&mut *tx).await?;

@@ -12,7 +12,12 @@
 //! a snapshot of the old version sees every row change and drops the old vectors), empties
 //! `note_vectors` (a staged vector's `source_seq` would be meaningless after the renumbering) and
 //! records the new version, its checkpoint directory and the version it replaced in
-//! `notellm_active_model`. Either all of that commits or none of it.
+//! `notellm_active_model`. Either all of that commits or none of it. From then on a put of any
+//! other version is refused ([`StoreError::StaleModelVersion`]).
+//!
+//! The switch takes the change counter first, as every writer does. A re-index holds it from
+//! before its last catch-up ([`Store::hold_for_switch`], on Postgres), so that no process's
+//! write lands between the two.
 
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -64,6 +69,20 @@ pub struct Promotion {
     pub max_seq: i64,
 }
 
+/// The store's change counter, held for a re-index switch ([`Store::hold_for_switch`]): on
+/// Postgres no write of any process commits until it is promoted ([`Store::promote_held`]) or
+/// dropped (which rolls back and changes nothing).
+pub struct SwitchHold {
+    /// Postgres: the transaction that holds the counter's row; SQLite: none.
+    tx: Option<sqlx::postgres::PgTransaction<'static>>,
+}
+
+impl std::fmt::Debug for SwitchHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchHold").field("holds_counter", &self.tx.is_some()).finish()
+    }
+}
+
 /// The switch's record, as [`Store::promote`] writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Switch<'a> {
@@ -108,6 +127,33 @@ impl Store {
     /// when some note has no current staged vector of the new version.
     pub async fn promote(&self, switch: &Switch<'_>) -> Result<Promotion> {
         dispatch!(self, b => b.promote(switch).await)
+    }
+
+    /// Holds every process's writes for a re-index switch: the switch takes this before its
+    /// last catch-up, so that no write can land between that and [`Store::promote_held`]. On
+    /// Postgres a transaction of its own takes the change counter, which every write needs
+    /// first. On SQLite it holds nothing (staging the last vectors needs the one writer
+    /// connection): a write of another process in between makes the switch fail with
+    /// [`StoreError::Incomplete`], changing nothing, and it can be tried again.
+    pub async fn hold_for_switch(&self) -> Result<SwitchHold> {
+        self.health.fail_fast()?;
+        Ok(SwitchHold {
+            tx: match &self.backend {
+                Backend::Postgres(b) => Some(b.hold_counter().await?),
+                Backend::Sqlite(_) => None,
+            },
+        })
+    }
+
+    /// [`Store::promote`] under `hold` (its transaction, on Postgres), which it ends.
+    pub async fn promote_held(&self, hold: SwitchHold, switch: &Switch<'_>) -> Result<Promotion> {
+        match (&self.backend, hold.tx) {
+            (Backend::Postgres(b), Some(tx)) => {
+                self.health.fail_fast()?;
+                b.promote_in(tx, switch).await
+            }
+            _ => self.promote(switch).await,
+        }
     }
 
     /// The last switch's record, or `None` before the first one.

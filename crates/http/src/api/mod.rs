@@ -110,7 +110,10 @@ pub fn router(app: Arc<App>, reindex: Arc<Reindexer>, http: HttpConfig) -> Route
     let overload = ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(handle_overload))
         .load_shed()
-        .concurrency_limit(http.concurrency_limit.max(1))
+        // One semaphore for the whole router: `Router::layer` calls a layer once per route, and
+        // tower's `ConcurrencyLimitLayer` makes a new semaphore each time, which made the limit
+        // one per route; `GlobalConcurrencyLimitLayer` shares its semaphore between them.
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(http.concurrency_limit.max(1)))
         .timeout(http.request_timeout);
     routes
         .layer(overload)

@@ -10,7 +10,9 @@
 //!   ([`crate::eval::fusion`]): is a hybrid channel worth serving?
 //! - with a generation sample, the generation baselines ([`crate::eval::vote`]): the majority
 //!   answer, and a vote of the `vote_k` nearest notes of a seeded sample of `vote_pool`
-//!   training notes, by TF-IDF and by every dense system's own embeddings.
+//!   training notes, by TF-IDF and by every dense system's own embeddings, once per vote rule
+//!   (`vote_rules`: the plain similarity-weighted vote and the one `/suggest-tags` counts by
+//!   default, or a grid to choose that default on validation notes).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -25,9 +27,10 @@ use crate::eval::fusion::{RrfScorer, RRF_K};
 use crate::eval::generation::{suggest_all, HashtagBudget};
 use crate::eval::minilm::{fetch_minilm, MiniLm, MINILM_NAME};
 use crate::eval::tfidf::TfIdf;
-use crate::eval::vote::{vote, Majority};
+use crate::eval::vote::{vote_by, Majority};
 use crate::eval::{evaluate, evaluate_dense, evaluate_generation, Buckets, EvalError, HashtagVocab, RecallOptions};
 use crate::eval::{ResultsTable, Timing};
+use notellm_model::vote::VoteRule;
 use notellm_model::{GenerateOptions, NoteLlm, Suggestion};
 use notellm_note::{Embedding, Note};
 
@@ -95,6 +98,8 @@ pub struct EvalOptions {
     pub vote_pool: usize,
     /// Neighbours that vote.
     pub vote_k: usize,
+    /// The vote rules measured, one row each per system.
+    pub vote_rules: Vec<VoteRule>,
 }
 
 impl Default for EvalOptions {
@@ -110,6 +115,7 @@ impl Default for EvalOptions {
             fusion: true,
             vote_pool: 2000,
             vote_k: 10,
+            vote_rules: vec![VoteRule::default(), notellm_model::vote::DEFAULT_SUGGEST_RULE],
         }
     }
 }
@@ -167,17 +173,23 @@ pub fn run(
         push_baseline(&mut table, "majority (category and hashtags)", out, started.elapsed().as_secs_f64());
         let started = Instant::now();
         let tfidf = TfIdf::fit(&voter_notes);
-        let mut scores = vec![0f32; voters.len()];
-        let out = picked
+        let scores: Vec<Vec<f32>> = drafts
             .iter()
-            .zip(&drafts)
-            .map(|(n, draft)| {
+            .map(|draft| {
+                let mut scores = vec![0f32; voters.len()];
                 tfidf.score_into(&tfidf.transform(draft), &mut scores);
-                vote(&voters, &scores, opts.vote_k, budget.for_note(n))
+                scores
             })
             .collect();
-        let name = format!("{}-NN vote, TF-IDF ({} training notes)", opts.vote_k, voters.len());
-        push_baseline(&mut table, &name, out, started.elapsed().as_secs_f64());
+        let seconds = started.elapsed().as_secs_f64();
+        for rule in &opts.vote_rules {
+            let out = picked
+                .iter()
+                .zip(&scores)
+                .map(|(n, scores)| vote_by(*rule, &voters, scores, opts.vote_k, budget.for_note(n)))
+                .collect();
+            push_baseline(&mut table, &vote_row(opts, rule, "TF-IDF", voters.len()), out, seconds);
+        }
     }
     // TF-IDF over the pool, kept for the fusion rows.
     let pool_tfidf = opts.fusion.then(|| TfIdf::fit(&notes));
@@ -205,9 +217,11 @@ pub fn run(
                     let vote_started = Instant::now();
                     let pool = minilm.embed_notes(&voter_notes, opts.batch_size)?;
                     let queries = minilm.embed_notes(&drafts, opts.batch_size)?;
-                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
-                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
-                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                    let seconds = vote_started.elapsed().as_secs_f64();
+                    for rule in &opts.vote_rules {
+                        let out = dense_votes(*rule, &queries, &picked, &voters, &pool, opts.vote_k, budget);
+                        push_baseline(&mut table, &vote_row(opts, rule, &name, voters.len()), out, seconds);
+                    }
                 }
                 (report, encode)
             }
@@ -256,9 +270,11 @@ pub fn run(
                     let vote_started = Instant::now();
                     let pool = crate::eval::embed_notellm(&model, &voter_notes, opts.batch_size)?;
                     let queries = crate::eval::embed_notellm(&model, &drafts, opts.batch_size)?;
-                    let out = dense_votes(&queries, &picked, &voters, &pool, opts.vote_k, budget);
-                    let row = format!("{}-NN vote, {name} ({} training notes)", opts.vote_k, voters.len());
-                    push_baseline(&mut table, &row, out, vote_started.elapsed().as_secs_f64());
+                    let seconds = vote_started.elapsed().as_secs_f64();
+                    for rule in &opts.vote_rules {
+                        let out = dense_votes(*rule, &queries, &picked, &voters, &pool, opts.vote_k, budget);
+                        push_baseline(&mut table, &vote_row(opts, rule, &name, voters.len()), out, seconds);
+                    }
                 }
                 if !sample.is_empty() {
                     let gen_started = Instant::now();
@@ -281,9 +297,17 @@ pub fn run(
     Ok(table)
 }
 
+/// A vote row's name: `10-NN vote, SYSTEM (2000 training notes)` for the plain vote (the name
+/// earlier tables used), the rule in parentheses after `vote` for any other.
+fn vote_row(opts: &EvalOptions, rule: &VoteRule, system: &str, voters: usize) -> String {
+    let how = if rule.is_plain() { String::new() } else { format!(" ({})", rule.label()) };
+    format!("{}-NN vote{how}, {system} ({voters} training notes)", opts.vote_k)
+}
+
 /// The vote of the nearest `voters` (embedded as `pool`) for each sampled note `picked[i]`,
-/// whose draft (no labels) is embedded as `queries[i]`.
+/// whose draft (no labels) is embedded as `queries[i]`, counted by `rule`.
 fn dense_votes(
+    rule: VoteRule,
     queries: &[Embedding],
     picked: &[Note],
     voters: &[&Note],
@@ -296,7 +320,7 @@ fn dense_votes(
         .zip(picked)
         .map(|(query, note)| {
             let scores: Vec<f32> = pool.iter().map(|p| query.cosine(p)).collect();
-            vote(voters, &scores, k, budget.for_note(note))
+            vote_by(rule, voters, &scores, k, budget.for_note(note))
         })
         .collect()
 }

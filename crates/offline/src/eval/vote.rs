@@ -8,7 +8,7 @@
 //!
 //! Ties go to the name that sorts first, so results are deterministic.
 
-use notellm_model::vote::{Ballot, Voter};
+use notellm_model::vote::{Ballot, VoteRule, Voter};
 use notellm_model::Suggestion;
 use notellm_note::Note;
 
@@ -36,12 +36,18 @@ impl Majority {
     }
 }
 
-/// The vote of the `k` highest-scoring notes of `train` (`scores[i]` is the similarity of
-/// `train[i]` to the note), suggesting up to `hashtags` hashtags.
+/// The plain vote ([`VoteRule::default`]) of the `k` highest-scoring notes of `train`
+/// (`scores[i]` is the similarity of `train[i]` to the note), suggesting up to `hashtags`
+/// hashtags.
 pub fn vote(train: &[&Note], scores: &[f32], k: usize, hashtags: usize) -> Suggestion {
+    vote_by(VoteRule::default(), train, scores, k, hashtags)
+}
+
+/// [`vote`] counted by `rule`.
+pub fn vote_by(rule: VoteRule, train: &[&Note], scores: &[f32], k: usize, hashtags: usize) -> Suggestion {
     let mut order: Vec<usize> = (0..train.len().min(scores.len())).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    notellm_model::vote::vote(order.iter().take(k).map(|&i| voter(train[i], scores[i])), hashtags)
+    notellm_model::vote::vote_by(rule, order.iter().take(k).map(|&i| voter(train[i], scores[i])), hashtags)
 }
 
 fn voter(n: &Note, similarity: f32) -> Voter<'_> {

@@ -16,11 +16,14 @@
 //!    pass after pass, until a pass finds few changes. Writes keep being served meanwhile, by the
 //!    old model, into the old index.
 //! 4. **Switch**: start the new model's batcher, take the exclusive side of the write gate (new
-//!    writes wait; in-flight ones finish first), apply the last changes, then one store
-//!    transaction ([`notellm_store::Store::promote`]) copies the staged vectors into `notes`,
-//!    renumbers the change sequence and records the new model as active; then the serving
-//!    [`Serving`](super::Serving) is swapped and the gate released. Writes that embedded with the
-//!    old model and waited at the gate embed again with the new one.
+//!    writes wait; in-flight ones finish first) and, on Postgres, the store's change counter
+//!    (other replicas' writes wait too: [`notellm_store::Store::hold_for_switch`]), apply the
+//!    last changes, then one store transaction ([`notellm_store::Store::promote_held`]) copies
+//!    the staged vectors into `notes`, renumbers the change sequence and records the new model
+//!    as active; then the serving [`Serving`](super::Serving) is swapped and the gate released.
+//!    Writes that embedded with the old model and waited at the gate embed again with the new
+//!    one; those another replica embedded with it are refused by the store and embedded again
+//!    there once it follows the switch (`follow.rs`).
 //!
 //! A failure, a cancel or a crash before the switch's commit leaves the old model serving, its
 //! rows and index untouched; the staged vectors stay for the next attempt. The switch's record

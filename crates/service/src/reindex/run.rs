@@ -14,13 +14,17 @@ use notellm_index::NoteIndex;
 use notellm_model::features::from_f16_bytes;
 use notellm_model::ServedModel;
 use notellm_note::{Embedding, ModelVersion, NoteId};
-use notellm_store::{Change, ReindexNote, StagedVector, Switch};
+use notellm_store::{Change, ReindexNote, StagedVector, StoreError, Switch};
 
 /// Changes read per `changes_since` call while catching up.
 const CHANGES_PAGE: usize = 1_000;
 /// Catch-up passes before the switch holds writes anyway (when writes arrive as fast as the
 /// re-index embeds them, the last pass under the held gate absorbs the rest).
 const MAX_PASSES: usize = 20;
+/// Tries of the switch's last catch-up and store switch. On SQLite nothing holds another
+/// process's writes (`notellm ingest` beside `serve`), so one can commit between the two; the
+/// store then refuses the switch, changing nothing.
+const SWITCH_TRIES: usize = 5;
 
 /// What the steps share.
 struct Ctx {
@@ -217,7 +221,8 @@ async fn stored_features(ctx: &Ctx, id: &NoteId, fingerprint: &str) -> Result<Op
     Ok(Some(features))
 }
 
-/// Holds writes, applies the last changes, switches the store and swaps the serving model.
+/// Holds writes (this process's, and on Postgres every other's too), applies the last changes,
+/// switches the store and swaps the serving model.
 async fn switch(
     ctx: &Ctx,
     model: Arc<ServedModel>,
@@ -240,7 +245,6 @@ async fn switch(
     let old = app.serving();
     let gate = app.hold_writes().await;
     let held = Instant::now();
-    let applied = catch_up(ctx, &mut pos, false).await?;
     let model_dir = model_dir.display().to_string();
     let token = job.id();
     let record = Switch {
@@ -249,17 +253,31 @@ async fn switch(
         previous_version: &old.version,
         switch_token: &token,
     };
-    let (notes, promoted_seq) = match app.store.promote(&record).await {
-        Ok(p) => (p.notes.to_string(), Some(p.max_seq)),
-        // A commit whose answer was lost (the connection dropped after COMMIT): the record
-        // says whether this switch happened.
-        Err(e) => match app.store.active_model().await {
-            Ok(Some(a)) if a.switch_token == token => {
-                tracing::warn!(error = %e, "the switch's answer was lost but its record is committed");
-                ("?".to_owned(), None)
+    let mut applied = 0;
+    let mut tries = 0;
+    let (notes, promoted_seq) = loop {
+        tries += 1;
+        // The gate holds this process's writes; this, every other process's (on Postgres), so
+        // that none lands between the last catch-up and the switch.
+        let store_held = app.store.hold_for_switch().await?;
+        applied += catch_up(ctx, &mut pos, false).await?;
+        match app.store.promote_held(store_held, &record).await {
+            Ok(p) => break (p.notes.to_string(), Some(p.max_seq)),
+            // Another process's write landed between the last catch-up and the switch (SQLite,
+            // where nothing holds it): catch up with it and try again.
+            Err(StoreError::Incomplete { missing, .. }) if tries < SWITCH_TRIES => {
+                tracing::info!(missing, tries, "writes landed after the last catch-up; catching up again");
             }
-            _ => return Err(e.into()),
-        },
+            // A commit whose answer was lost (the connection dropped after COMMIT): the record
+            // says whether this switch happened.
+            Err(e) => match app.store.active_model().await {
+                Ok(Some(a)) if a.switch_token == token => {
+                    tracing::warn!(error = %e, "the switch's answer was lost but its record is committed");
+                    break ("?".to_owned(), None);
+                }
+                _ => return Err(e.into()),
+            },
+        }
     };
     app.swap_serving(serving, &gate);
     app.followed_own_switch(&token, promoted_seq);
