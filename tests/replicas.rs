@@ -202,17 +202,32 @@ async fn replicas_serve_each_others_writes_alike() {
     backend.drop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
-    let Some(backend) = Backend::postgres("nl_replicas_switch").await else { return };
+/// Two ready replicas A and B of tiny model A (32-d) on `backend`, and model B (24-d) to switch
+/// them to.
+struct Switching {
+    dir: tempfile::TempDir,
+    model_a: std::path::PathBuf,
+    model_b: std::path::PathBuf,
+    a: Proc,
+    b: Proc,
+}
+
+async fn switching_replicas(backend: &Backend, http: &reqwest::Client) -> Switching {
     let dir = tempfile::tempdir().unwrap();
     let model_a = common::tiny_model(dir.path(), "model-a", Family::Llama, 1);
     let model_b = common::tiny_model_seeded(dir.path(), "model-b", Family::Llama, 1, 8, 24);
+    let mut a = replica(&model_a, &dir.path().join("a"), backend);
+    let mut b = replica(&model_a, &dir.path().join("b"), backend);
+    common::wait_ready(&mut a, http).await;
+    common::wait_ready(&mut b, http).await;
+    Switching { dir, model_a, model_b, a, b }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reindex_switch_on_one_replica_is_followed_by_the_other() {
+    let Some(backend) = Backend::postgres("nl_replicas_switch").await else { return };
     let http = reqwest::Client::new();
-    let mut a = replica(&model_a, &dir.path().join("a"), &backend);
-    let mut b = replica(&model_a, &dir.path().join("b"), &backend);
-    common::wait_ready(&mut a, &http).await;
-    common::wait_ready(&mut b, &http).await;
+    let Switching { dir: _dir, model_b, a, b, .. } = switching_replicas(&backend, &http).await;
     let notes = common::notes(12, 5);
     for (id, n) in &notes {
         put(&http, &a, id, n).await;
@@ -298,14 +313,8 @@ async fn write_until(http: reqwest::Client, base: String, w: usize, stop: Arc<At
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_a_follower_during_switches_are_never_stranded() {
     let Some(backend) = Backend::postgres("nl_replicas_race").await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let model_a = common::tiny_model(dir.path(), "model-a", Family::Llama, 1);
-    let model_b = common::tiny_model_seeded(dir.path(), "model-b", Family::Llama, 1, 8, 24);
     let http = reqwest::Client::new();
-    let mut a = replica(&model_a, &dir.path().join("a"), &backend);
-    let mut b = replica(&model_a, &dir.path().join("b"), &backend);
-    common::wait_ready(&mut a, &http).await;
-    common::wait_ready(&mut b, &http).await;
+    let Switching { dir, model_a, model_b, a, b } = switching_replicas(&backend, &http).await;
     let notes = common::notes(40, 17);
     let mut last = 0;
     for (id, n) in &notes {
